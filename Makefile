@@ -1,0 +1,50 @@
+# Two commands do everything on a fresh Debian machine:
+#   make lab    bring the seed's stack up on local lab containers and prove it
+#   make test   run every test: lint, unit tests, every Molecule scenario
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export PYTHONDONTWRITEBYTECODE := 1
+
+# Molecule scenarios and the distros each one runs on in `make test`.
+SCENARIOS ?= default
+DEFAULT_DISTROS ?= debian12 debian13
+
+.PHONY: setup lab lab-destroy test lint unit molecule clean
+
+setup:
+	SETUP_DISTROS="$(sort $(DEFAULT_DISTROS) $(LAB_DISTRO))" scripts/setup.sh
+
+LAB_DISTRO ?= debian12
+export LAB_DISTRO
+
+lab: setup
+	ansible-playbook lab/create.yml
+	ansible-playbook site.yml lab/proof.yml
+
+lab-destroy:
+	ansible-playbook lab/destroy.yml
+
+lint:
+	yamllint --strict .
+	ansible-lint --profile production
+	ruff check .
+	ruff format --check .
+
+unit:
+	pytest -q -p no:cacheprovider tests/unit
+
+molecule:
+	for scenario in $(SCENARIOS); do \
+	  if [ "$$scenario" = default ]; then distros="$(DEFAULT_DISTROS)"; else distros=debian12; fi; \
+	  for distro in $$distros; do \
+	    echo "=== molecule test -s $$scenario ($$distro)"; \
+	    MOLECULE_DISTRO=$$distro molecule test -s $$scenario; \
+	  done; \
+	done
+
+test: setup lint unit molecule
+
+clean: lab-destroy
+	rm -rf .venv .cache

@@ -1,0 +1,89 @@
+"""End-to-end checks of the seed topology: one host, nginx in front of 3 units."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+SITE = "rag-photographie"
+PORTS = (8001, 8002, 8003)
+
+
+def curl(host, path: str) -> tuple[int, str]:
+    """GET http://localhost<path> on the host; return (status, body)."""
+    out = host.check_output(f"curl -s -o /dev/stdout -w '\\n%{{http_code}}' http://localhost{path}")
+    body, _, status = out.rpartition("\n")
+    return int(status), body
+
+
+def test_nginx_active_enabled_and_config_valid(host):
+    nginx = host.service("nginx")
+    assert nginx.is_running
+    assert nginx.is_enabled
+    assert host.run("nginx -t").rc == 0
+
+
+def test_site_enabled_and_default_site_gone(host):
+    available = host.file(f"/etc/nginx/sites-available/{SITE}")
+    enabled = host.file(f"/etc/nginx/sites-enabled/{SITE}")
+    assert available.is_file
+    assert enabled.is_symlink
+    assert enabled.linked_to == available.path
+    assert not host.file("/etc/nginx/sites-enabled/default").exists
+
+
+@pytest.mark.parametrize("port", PORTS)
+def test_api_unit_active_enabled_and_loopback_only(host, port):
+    unit = host.service(f"{SITE}@{port}")
+    assert unit.is_running
+    assert unit.is_enabled
+    listeners = host.check_output(f"ss -Htln 'sport = :{port}'").splitlines()
+    local = sorted(line.split()[3] for line in listeners)
+    assert local == [f"127.0.0.1:{port}"], local
+
+
+def test_requests_through_nginx_reach_each_instance_equally(host):
+    counts: Counter[str] = Counter()
+    for _ in range(30):
+        status, body = curl(host, "/")
+        assert status == 200, body
+        counts[json.loads(body)["instance"]] += 1
+    hostname = host.check_output("hostname")
+    assert counts == {f"{hostname}:{port}": 10 for port in PORTS}
+
+
+def test_health_through_the_lb_returns_the_instance_json(host):
+    status, body = curl(host, "/health")
+    assert status == 200
+    data = json.loads(body)
+    hostname = host.check_output("hostname")
+    assert data["status"] == "ok"
+    assert data["instance"] in {f"{hostname}:{port}" for port in PORTS}
+    assert data["version"] == "1.0.0"
+
+
+def test_slow_endpoint_is_capped(host):
+    status, body = curl(host, "/slow?seconds=0.2")
+    assert status == 200
+    assert json.loads(body)["slept"] == 0.2
+
+
+def test_stub_status_answers_from_localhost(host):
+    status, body = curl(host, "/nginx_status")
+    assert status == 200
+    assert body.startswith("Active connections:")
+
+
+def test_stub_status_is_denied_to_other_addresses(host):
+    address = host.check_output("hostname -I").split()[0]
+    status = host.check_output(f"curl -s -o /dev/null -w '%{{http_code}}' http://{address}/nginx_status")
+    assert status == "403"
+
+
+def test_access_log_receives_the_requests(host):
+    log = f"/var/log/nginx/{SITE}-access.log"
+    marker = "/health?probe=access-log-test"
+    curl(host, marker)
+    assert marker in host.file(log).content_string

@@ -1,0 +1,66 @@
+"""Helpers to render the roles' templates with Ansible's own templar, no hosts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from ansible.parsing.dataloader import DataLoader
+from ansible.template import Templar, trust_as_template
+
+ROOT = Path(__file__).resolve().parents[2]
+ROLES = ROOT / "roles"
+
+
+def _trusted(value: Any) -> Any:
+    return trust_as_template(value) if isinstance(value, str) else value
+
+
+def role_variables(role: str) -> dict[str, Any]:
+    """The role's defaults and private vars, as Ansible would load them."""
+    variables: dict[str, Any] = {}
+    for part in ("defaults", "vars"):
+        variables.update(yaml.safe_load((ROLES / role / part / "main.yml").read_text()) or {})
+    return {key: _trusted(value) for key, value in variables.items()}
+
+
+def render(role: str, template: str, variables: dict[str, Any]) -> str:
+    """Render roles/<role>/templates/<template> with the role's vars and ``variables``."""
+    context = {
+        "ansible_managed": "Ansible managed",
+        "role_path": str(ROLES / role),
+        **role_variables(role),
+        **{key: _trusted(value) for key, value in variables.items()},
+    }
+    templar = Templar(loader=DataLoader(), variables=context)
+    source = (ROLES / role / "templates" / template).read_text()
+    return templar.template(trust_as_template(source))
+
+
+def api_host(name: str, address: str, ports: list[int], **extra: Any) -> dict[str, Any]:
+    """hostvars of an API host as the api role leaves them (api_endpoints)."""
+    return {
+        "inventory_hostname": name,
+        "api_endpoints": [{"port": port, "address": address} for port in ports],
+        **extra,
+    }
+
+
+@pytest.fixture
+def render_site():
+    """Render the nginx_lb site for a load balancer ``lb1`` and the given API hosts."""
+
+    def _render(api_hosts: list[dict[str, Any]], **overrides: Any) -> str:
+        hostvars = {host["inventory_hostname"]: host for host in api_hosts}
+        variables = {
+            "inventory_hostname": "lb1",
+            "groups": {"api_servers": list(hostvars), "loadbalancers": ["lb1"]},
+            "hostvars": hostvars,
+            "ansible_facts": {"all_ipv6_addresses": []},
+            **overrides,
+        }
+        return render("nginx_lb", "site.conf.j2", variables)
+
+    return _render
