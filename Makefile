@@ -8,10 +8,10 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PYTHONDONTWRITEBYTECODE := 1
 
 # Molecule scenarios and the distros each one runs on in `make test`.
-SCENARIOS ?= default
+SCENARIOS ?= default methods
 DEFAULT_DISTROS ?= debian12 debian13
 
-.PHONY: setup lab lab-destroy test lint unit molecule clean
+.PHONY: setup lab lab-destroy test lint unit input molecule clean
 
 setup:
 	SETUP_DISTROS="$(sort $(DEFAULT_DISTROS) $(LAB_DISTRO))" scripts/setup.sh
@@ -35,6 +35,10 @@ lint:
 unit:
 	pytest -q -p no:cacheprovider tests/unit
 
+# Bad-input table: each case runs the preflight plays against local hosts.
+input:
+	pytest -q -p no:cacheprovider tests/input
+
 molecule:
 	for scenario in $(SCENARIOS); do \
 	  if [ "$$scenario" = default ]; then distros="$(DEFAULT_DISTROS)"; else distros=debian12; fi; \
@@ -44,7 +48,7 @@ molecule:
 	  done; \
 	done
 
-test: setup lint unit molecule
+test: setup lint unit input molecule
 
 clean: lab-destroy
 	rm -rf .venv .cache

@@ -7,10 +7,29 @@ import re
 from conftest import api_host
 
 
-def upstream_servers(config: str) -> list[str]:
+def upstream_lines(config: str) -> list[str]:
     block = re.search(r"upstream \S+ \{(.*?)\n\}", config, re.DOTALL)
     assert block, config
-    return re.findall(r"^\s*server (\S+);", block.group(1), re.MULTILINE)
+    return [line.strip() for line in block.group(1).splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def upstream_servers(config: str) -> list[str]:
+    """The address:port of each server line."""
+    return [line.split()[1].rstrip(";") for line in upstream_lines(config) if line.startswith("server ")]
+
+
+def server_options(config: str) -> dict[str, str]:
+    """address:port -> the options after it, as one string."""
+    return {
+        line.split()[1]: " ".join(line.rstrip(";").split()[2:])
+        for line in upstream_lines(config)
+        if line.startswith("server ")
+    }
+
+
+def method_lines(config: str) -> list[str]:
+    skip = ("server ", "zone ", "keepalive ")
+    return [line for line in upstream_lines(config) if not line.startswith(skip)]
 
 
 def test_seed_topology_gives_three_loopback_servers(render_site):
@@ -42,15 +61,104 @@ def test_ipv6_addresses_are_bracketed(render_site):
     assert upstream_servers(config) == ["[fd00::11]:8001"]
 
 
+ONE = [api_host("api1", "127.0.0.1", [8001, 8002])]
+
+
 def test_round_robin_has_no_method_directive(render_site):
-    config = render_site([api_host("api1", "127.0.0.1", [8001])])
-    assert not re.search(r"^\s*(least_conn|ip_hash|hash|random);", config, re.MULTILINE)
+    assert method_lines(render_site(ONE)) == []
 
 
-def test_least_conn_and_ip_hash_directives(render_site):
-    hosts = [api_host("api1", "127.0.0.1", [8001])]
-    assert re.search(r"^\s*least_conn;", render_site(hosts, nginx_lb_method="least_conn"), re.MULTILINE)
-    assert re.search(r"^\s*ip_hash;", render_site(hosts, nginx_lb_method="ip_hash"), re.MULTILINE)
+def test_least_conn(render_site):
+    assert method_lines(render_site(ONE, nginx_lb_method="least_conn")) == ["least_conn;"]
+
+
+def test_ip_hash(render_site):
+    assert method_lines(render_site(ONE, nginx_lb_method="ip_hash")) == ["ip_hash;"]
+
+
+def test_hash_with_key(render_site):
+    config = render_site(ONE, nginx_lb_method="hash", nginx_lb_hash_key="$request_uri")
+    assert method_lines(config) == ["hash $request_uri;"]
+
+
+def test_hash_consistent(render_site):
+    config = render_site(ONE, nginx_lb_method="hash", nginx_lb_hash_key="$http_x_tenant", nginx_lb_hash_consistent=True)
+    assert method_lines(config) == ["hash $http_x_tenant consistent;"]
+
+
+def test_random(render_site):
+    assert method_lines(render_site(ONE, nginx_lb_method="random")) == ["random;"]
+
+
+def test_random_two_least_conn(render_site):
+    config = render_site(ONE, nginx_lb_method="random", nginx_lb_random_two=True)
+    assert method_lines(config) == ["random two least_conn;"]
+
+
+def test_servers_get_the_role_level_passive_check_defaults(render_site):
+    options = server_options(render_site(ONE))
+    assert options == {
+        "127.0.0.1:8001": "max_fails=1 fail_timeout=10s",
+        "127.0.0.1:8002": "max_fails=1 fail_timeout=10s",
+    }
+    tuned = server_options(render_site(ONE, nginx_lb_max_fails=3, nginx_lb_fail_timeout="30s"))
+    assert tuned["127.0.0.1:8001"] == "max_fails=3 fail_timeout=30s"
+
+
+def test_weighted_servers_as_in_the_seed(render_site):
+    host = {
+        "inventory_hostname": "api1",
+        "api_endpoints": [
+            {"address": "127.0.0.1", "port": 8001, "weight": 3},
+            {"address": "127.0.0.1", "port": 8002, "weight": 2},
+            {"address": "127.0.0.1", "port": 8003, "weight": 1},
+        ],
+    }
+    options = server_options(render_site([host]))
+    assert options == {
+        "127.0.0.1:8001": "weight=3 max_fails=1 fail_timeout=10s",
+        "127.0.0.1:8002": "weight=2 max_fails=1 fail_timeout=10s",
+        "127.0.0.1:8003": "weight=1 max_fails=1 fail_timeout=10s",
+    }
+
+
+def test_per_instance_options(render_site):
+    host = {
+        "inventory_hostname": "api1",
+        "api_endpoints": [
+            {"address": "127.0.0.1", "port": 8001, "max_fails": 0, "fail_timeout": "5s", "max_conns": 50},
+            {"address": "127.0.0.1", "port": 8002, "down": True},
+            {"address": "127.0.0.1", "port": 8003, "backup": True},
+            {"address": "127.0.0.1", "port": 8004, "backup": False, "down": False, "max_conns": 0},
+        ],
+    }
+    options = server_options(render_site([host]))
+    assert options == {
+        "127.0.0.1:8001": "max_fails=0 fail_timeout=5s max_conns=50",
+        "127.0.0.1:8002": "max_fails=1 fail_timeout=10s down",
+        "127.0.0.1:8003": "max_fails=1 fail_timeout=10s backup",
+        "127.0.0.1:8004": "max_fails=1 fail_timeout=10s",
+    }
+
+
+def test_retry_policy_defaults_skip_non_idempotent_requests(render_site):
+    config = render_site(ONE)
+    assert "proxy_next_upstream error timeout http_502 http_503 http_504;" in config
+    assert "proxy_next_upstream_tries 3;" in config
+    assert "proxy_next_upstream_timeout 10s;" in config
+    assert "non_idempotent" not in config
+
+
+def test_retry_of_non_idempotent_requests_is_opt_in(render_site):
+    config = render_site(ONE, nginx_lb_retry_non_idempotent=True, nginx_lb_proxy_next_upstream=["error"])
+    assert "proxy_next_upstream error non_idempotent;" in config
+
+
+def test_extra_config_lands_in_the_server_block(render_site):
+    config = render_site(ONE, nginx_lb_extra_config="client_max_body_size 20m;\nadd_header X-Lb lb1;\n")
+    server = config[config.index("server {") :]
+    assert "    client_max_body_size 20m;\n    add_header X-Lb lb1;\n}" in server
+    assert "nginx_lb_extra_config" not in render_site(ONE)
 
 
 def test_keepalive_zone_and_proxy_headers(render_site):

@@ -1,0 +1,170 @@
+"""Each balancing method re-applied on the converged host and measured with real requests.
+
+Requests are sent from the load balancer host to http://localhost/ with
+scripts/lb_requests.py; the methods are applied with `--tags loadbalancers`
+(the preflight plays still run and republish the instances' options).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from lbtest import playbook, recap, requests_from, said, tail
+
+SITE = "rag-photographie"
+URL = "http://localhost/"
+THREE = [{"port": 8001}, {"port": 8002}, {"port": 8003}]
+
+
+def apply(**extra_vars) -> None:
+    extra_vars.setdefault("api_instances", THREE)
+    run = playbook("--tags", "loadbalancers", extra_vars=extra_vars)
+    assert run.returncode == 0, tail(run)
+
+
+def instance_names(host) -> list[str]:
+    hostname = host.check_output("hostname")
+    return [f"{hostname}:{port}" for port in (8001, 8002, 8003)]
+
+
+@pytest.fixture
+def stopped(host):
+    """Stop API units for the test; start them again afterwards, whatever happens."""
+    units: list[str] = []
+
+    def stop(*ports: int) -> None:
+        for port in ports:
+            units.append(f"{SITE}@{port}")
+            host.run_expect([0], f"systemctl stop {SITE}@{port}")
+
+    yield stop
+    for unit in units:
+        host.run(f"systemctl start {unit}")
+    for unit in units:
+        port = unit.split("@")[1]
+        host.run(f"for i in $(seq 30); do curl -sf http://127.0.0.1:{port}/health && break; sleep 0.5; done")
+
+
+def test_round_robin_splits_300_requests_equally(host):
+    apply(nginx_lb_method="round_robin")
+    result = requests_from(host, URL, 300)
+    assert result["failed"] == 0, result
+    assert sorted(result["instances"]) == instance_names(host)
+    for instance, count in result["instances"].items():
+        assert abs(count - 100) <= 2, (instance, result)
+
+
+def test_weights_3_2_1_over_600_requests(host):
+    apply(api_instances=[{"port": 8001, "weight": 3}, {"port": 8002, "weight": 2}, {"port": 8003, "weight": 1}])
+    result = requests_from(host, URL, 600)
+    assert result["failed"] == 0, result
+    names = instance_names(host)
+    for name, expected in zip(names, (300, 200, 100), strict=True):
+        assert abs(result["instances"].get(name, 0) - expected) <= expected * 0.05, result
+
+
+def test_ip_hash_sends_one_client_to_one_instance(host):
+    apply(nginx_lb_method="ip_hash")
+    result = requests_from(host, URL, 50)
+    assert result["failed"] == 0, result
+    assert len(result["instances"]) == 1, result
+    assert sum(result["instances"].values()) == 50
+
+
+def test_hash_on_request_uri_is_stable_and_spreads(host):
+    apply(nginx_lb_method="hash", nginx_lb_hash_key="$request_uri")
+    owners = {}
+    for key in range(12):
+        result = requests_from(host, f"{URL}?item={key}", 5)
+        assert result["failed"] == 0, result
+        assert len(result["instances"]) == 1, (key, result)
+        owners[key] = next(iter(result["instances"]))
+    assert len(set(owners.values())) >= 2, owners
+
+
+def test_least_conn_avoids_the_instance_held_by_a_slow_request(host):
+    apply(nginx_lb_method="least_conn")
+    host.run("rm -f /tmp/slow.json; systemctl reset-failed lb-slow-probe 2>/dev/null")
+    host.run_expect(
+        [0],
+        "systemd-run --unit=lb-slow-probe --collect curl -s -o /tmp/slow.json http://localhost/slow?seconds=6",
+    )
+    time.sleep(1)
+    result = requests_from(host, URL, 20, max_seconds=4)
+    host.run("for i in $(seq 20); do test -s /tmp/slow.json && break; sleep 0.5; done")
+    slow = json.loads(host.file("/tmp/slow.json").content_string)
+    assert slow["slept"] == 6
+    assert result["failed"] == 0, result
+    assert result["requests"] == 20, result
+    assert slow["instance"] not in result["instances"], (slow, result)
+
+
+def test_backup_idles_while_primaries_serve_and_takes_over_when_they_stop(host, stopped):
+    backup = {"port": 8003, "backup": True}
+    apply(api_instances=[{"port": 8001}, {"port": 8002}, backup])
+    names = instance_names(host)
+    result = requests_from(host, URL, 60)
+    assert result["failed"] == 0, result
+    assert names[2] not in result["instances"], result
+    stopped(8001, 8002)
+    result = requests_from(host, URL, 60)
+    assert result["failed"] == 0, result
+    assert result["instances"] == {names[2]: 60}, result
+
+
+def test_down_server_gets_nothing(host):
+    apply(api_instances=[{"port": 8001}, {"port": 8002, "down": True}, {"port": 8003}])
+    names = instance_names(host)
+    result = requests_from(host, URL, 60)
+    assert result["failed"] == 0, result
+    assert result["instances"] == {names[0]: 30, names[2]: 30}, result
+
+
+def test_failover_with_one_instance_stopped(host, stopped):
+    apply(nginx_lb_method="round_robin")
+    stopped(8002)
+    result = requests_from(host, URL, 100)
+    assert result["statuses"] == {"200": 100}, result
+    assert instance_names(host)[1] not in result["instances"], result
+
+
+def test_rejected_config_is_rolled_back_and_nginx_keeps_serving(host):
+    apply(nginx_lb_method="round_robin")
+    site = f"/etc/nginx/sites-available/{SITE}"
+    before_config = host.file(site).sha256sum
+    before = requests_from(host, URL, 20)
+    assert before["failed"] == 0, before
+    run = playbook("--tags", "loadbalancers", extra_vars={"nginx_lb_extra_config": "no_such_directive on;"})
+    assert run.returncode != 0, tail(run)
+    assert "nginx -t said: " in said(run), tail(run)
+    assert 'unknown directive "no_such_directive"' in said(run), tail(run)
+    assert "the previous one is back in place" in said(run), tail(run)
+    assert host.file(site).sha256sum == before_config
+    assert host.run("nginx -t").rc == 0
+    after = requests_from(host, URL, 20)
+    assert after["failed"] == 0, after
+    assert len(after["instances"]) == 3, after
+    assert not host.file(f"{site}.bak").exists
+    assert host.run(f"ls /etc/nginx/sites-available/ | grep -v '^{SITE}$' | grep '{SITE}'").rc == 1
+
+
+def test_bad_input_fails_before_any_host_changes(host):
+    site = host.file(f"/etc/nginx/sites-available/{SITE}").sha256sum
+    unit = host.file(f"/etc/systemd/system/{SITE}@.service").sha256sum
+    run = playbook(extra_vars={"api_instances": [{"port": 8001, "weight": 0}], "api_version": "9.9.9"})
+    assert run.returncode != 0, tail(run)
+    assert "api_instances on" in said(run), tail(run)
+    assert "weight must be an integer >= 1" in said(run), tail(run)
+    assert all(c["changed"] == 0 for c in recap(run).values()), tail(run)
+    assert host.file(f"/etc/nginx/sites-available/{SITE}").sha256sum == site
+    assert host.file(f"/etc/systemd/system/{SITE}@.service").sha256sum == unit
+    assert host.service(f"{SITE}@8003").is_running
+
+
+def test_default_method_restored_at_the_end(host):
+    apply()
+    result = requests_from(host, URL, 30)
+    assert result["failed"] == 0, result
+    assert sorted(result["instances"]) == instance_names(host), result

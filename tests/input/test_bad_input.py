@@ -1,0 +1,146 @@
+"""Bad input fails in the preflight plays, before any host is changed, naming the variable.
+
+Each case runs `ansible-playbook playbooks/preflight.yml` against an inventory
+of local hosts (lb1; api1 and api2). The preflight plays only read facts and
+validate, so nothing on this machine changes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+LOCAL = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+
+
+def inventory(tmp_path: Path, api_hosts: list[str]) -> Path:
+    data = {
+        "all": {
+            "vars": {**LOCAL, "api_bind_address": "127.0.0.1"},
+            "children": {
+                "loadbalancers": {"hosts": {"lb1": None}},
+                "api_servers": {"hosts": {name: None for name in api_hosts}},
+            },
+        }
+    }
+    path = tmp_path / "hosts.yml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def preflight(tmp_path: Path, extra_vars: dict, api_hosts: list[str] | None = None) -> subprocess.CompletedProcess:
+    hosts = inventory(tmp_path, ["api1", "api2"] if api_hosts is None else api_hosts)
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+        "ANSIBLE_FORCE_COLOR": "0",
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FACT_CACHING": "memory",
+        "ANSIBLE_GATHER_SUBSET": "!all,!min,network",
+    }
+    return subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ansible-playbook"),
+            "-i",
+            str(hosts),
+            str(ROOT / "playbooks" / "preflight.yml"),
+            "-e",
+            json.dumps(extra_vars),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
+
+
+def instances(*entries: dict) -> dict:
+    return {"api_instances": list(entries)}
+
+
+P1, P2, P3 = {"port": 8001}, {"port": 8002}, {"port": 8003}
+
+# (id, extra vars, api hosts or None for api1+api2, pattern the failure must show)
+CASES = [
+    ("unknown method", {"nginx_lb_method": "weighted"}, None, r"nginx_lb_method.*one of.*round_robin"),
+    ("weight zero", instances({"port": 8001, "weight": 0}, P2), None, r"weight must be an integer >= 1"),
+    ("weight negative", instances({"port": 8001, "weight": -3}, P2), None, r"weight must be an integer >= 1"),
+    ("weight not an integer", instances({"port": 8001, "weight": "heavy"}, P2), None, r"weight.*int"),
+    ("weight a fraction", instances({"port": 8001, "weight": 1.5}, P2), None, r"weight.*int"),
+    ("port above 65535", instances({"port": 70000}), None, r"port must be within 1-65535.*70000"),
+    ("port zero", instances({"port": 0}, P2), None, r"port must be within 1-65535.*\[0\]"),
+    ("duplicate port", instances(P1, P2, {"port": 8001}), None, r"port used more than once.*8001"),
+    ("no api_servers", {}, [], r"upstream \S+ would be empty"),
+    ("no instances", instances(), None, r"upstream \S+ would be empty"),
+    (
+        "backup with hash",
+        {**instances(P1, {"port": 8002, "backup": True}), "nginx_lb_method": "hash", "nginx_lb_hash_key": "$uri"},
+        None,
+        r"backup: true.*nginx_lb_method=hash",
+    ),
+    (
+        "backup with ip_hash",
+        {**instances(P1, {"port": 8002, "backup": True}), "nginx_lb_method": "ip_hash"},
+        None,
+        r"backup: true.*nginx_lb_method=ip_hash",
+    ),
+    (
+        "backup with random",
+        {**instances(P1, {"port": 8002, "backup": True}), "nginx_lb_method": "random"},
+        None,
+        r"backup: true.*nginx_lb_method=random",
+    ),
+    ("hash without key", {"nginx_lb_method": "hash"}, None, r"nginx_lb_method=hash needs nginx_lb_hash_key"),
+    ("instance max_fails negative", instances({"port": 8001, "max_fails": -1}), None, r"max_fails and max_conns"),
+    ("role max_fails negative", {"nginx_lb_max_fails": -1}, None, r"nginx_lb_max_fails must be >= 0"),
+    ("max_conns negative", instances({"port": 8001, "max_conns": -5}), None, r"max_fails and max_conns"),
+    (
+        "down on every server",
+        instances({"port": 8001, "down": True}, {"port": 8002, "down": True}),
+        None,
+        r"Every server of upstream .* down",
+    ),
+    ("backup not a boolean", instances(P1, {"port": 8002, "backup": "maybe"}), None, r"backup.*bool"),
+    (
+        "unknown instance key",
+        instances({"port": 8001, "wieght": 3}),
+        None,
+        r"api_instances\.wieght\. Supported parameters include",
+    ),
+    ("api_name with a space", {"api_name": "rag photographie"}, None, r"api_name=.*is not valid"),
+    ("api_name with an @", {"api_name": "rag@api"}, None, r"api_name=.*is not valid"),
+    ("api_name too long", {"api_name": "a" * 40}, None, r"api_name=.*at most 32"),
+    ("fail_timeout not a time", instances({"port": 8001, "fail_timeout": "ten seconds"}), None, r"fail_timeout"),
+    ("zero tries", {"nginx_lb_proxy_next_upstream_tries": 0}, None, r"nginx_lb_proxy_next_upstream_tries >= 1"),
+]
+
+
+@pytest.mark.parametrize(("extra_vars", "api_hosts", "pattern"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_fails_in_preflight_with_a_clear_message(tmp_path, extra_vars, api_hosts, pattern):
+    run = preflight(tmp_path, extra_vars, api_hosts)
+    output = run.stdout + run.stderr
+    assert run.returncode != 0, output[-2000:]
+    assert re.search(pattern, " ".join(output.split()), re.DOTALL), output[-3000:]
+
+
+def test_valid_input_passes_preflight(tmp_path):
+    extra = {
+        **instances(
+            {"port": 8001, "weight": 3}, {"port": 8002, "weight": 2, "max_conns": 10}, {"port": 8003, "backup": True}
+        ),
+        "nginx_lb_method": "least_conn",
+    }
+    run = preflight(tmp_path, extra)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    assert re.search(r"^lb1\s+: ok=\d+\s+changed=0\s+unreachable=0\s+failed=0", run.stdout, re.MULTILINE)
