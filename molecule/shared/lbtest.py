@@ -63,4 +63,7 @@ def requests_from(host, url: str, count: int, concurrency: int = 1, max_seconds:
     )
     run = host.run(f"python3 - {args} <<'LB_REQUESTS_EOF'\n{LB_REQUESTS}\nLB_REQUESTS_EOF")
     assert run.stdout.strip(), run.stderr
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    # Shown in the test report (pytest -r A): the measured counts of every run.
+    print(json.dumps(result, sort_keys=True))
+    return result
