@@ -8,7 +8,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PYTHONDONTWRITEBYTECODE := 1
 
 # Molecule scenarios and the distros each one runs on in `make test`.
-SCENARIOS ?= default methods
+SCENARIOS ?= default methods cluster
 DEFAULT_DISTROS ?= debian12 debian13
 
 .PHONY: setup lab lab-destroy test lint unit input molecule clean
@@ -37,7 +37,7 @@ unit:
 
 # Bad-input table: each case runs the preflight plays against local hosts.
 input:
-	pytest -q -p no:cacheprovider tests/input
+	pytest -q -p no:cacheprovider -n 2 tests/input
 
 molecule:
 	for scenario in $(SCENARIOS); do \

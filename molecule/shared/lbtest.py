@@ -14,6 +14,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).resolve().parents[2]))
@@ -67,3 +68,68 @@ def requests_from(host, url: str, count: int, concurrency: int = 1, max_seconds:
     # Shown in the test report (pytest -r A): the measured counts of every run.
     print(json.dumps(result, sort_keys=True))
     return result
+
+
+class Load:
+    """Continuous load from a test host while an event runs on the controller.
+
+    `with Load(host, url, concurrency=20) as load: <event>` starts
+    scripts/lb_requests.py in the background on the host, keeps `concurrency`
+    requests in flight until the block ends (bounded by `max_seconds` and
+    `max_requests` anyway; each worker pauses `pause` s between requests so
+    the load does not starve the 2-core controller), then stops it and puts its JSON counts in
+    `load.result`.
+    """
+
+    def __init__(
+        self,
+        host,
+        url: str,
+        concurrency: int = 20,
+        pause: float = 0.05,
+        max_seconds: float = 300,
+        max_requests: int = 1_000_000,
+    ):
+        self.host = host
+        self.pause = pause
+        self.url = url
+        self.concurrency = concurrency
+        self.max_seconds = max_seconds
+        self.max_requests = max_requests
+        self.result: dict = {}
+        self._dir = "/tmp/lbtest-load"
+
+    def __enter__(self) -> Load:
+        d = self._dir
+        self.host.run_expect([0], f"rm -rf {d} && mkdir -p {d}")
+        self.host.run_expect([0], f"cat > {d}/lb_requests.py <<'LB_REQUESTS_EOF'\n{LB_REQUESTS}\nLB_REQUESTS_EOF")
+        args = shlex.join(
+            [
+                f"--url={self.url}",
+                f"--requests={self.max_requests}",
+                f"--concurrency={self.concurrency}",
+                f"--max-seconds={self.max_seconds}",
+                f"--stop-file={d}/stop",
+                f"--pause={self.pause}",
+            ]
+        )
+        self.host.run_expect(
+            [0],
+            f"setsid nohup python3 {d}/lb_requests.py {args} >{d}/result.json 2>{d}/stderr </dev/null &"
+            f" echo $! >{d}/pid",
+        )
+        # Let the load reach full concurrency before the event starts.
+        time.sleep(1)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        d = self._dir
+        self.host.run_expect([0], f"touch {d}/stop")
+        # Bounded wait: requests in flight finish within their 5 s timeout.
+        self.host.run_expect(
+            [0], f"for i in $(seq 60); do kill -0 $(cat {d}/pid) 2>/dev/null || exit 0; sleep 0.5; done; exit 1"
+        )
+        out = self.host.check_output(f"cat {d}/result.json")
+        assert out.strip(), self.host.check_output(f"cat {d}/stderr")
+        self.result = json.loads(out.strip().splitlines()[-1])
+        print(json.dumps(self.result, sort_keys=True))

@@ -123,6 +123,36 @@ CASES = [
     ("api_name too long", {"api_name": "a" * 40}, None, r"api_name=.*at most 32"),
     ("fail_timeout not a time", instances({"port": 8001, "fail_timeout": "ten seconds"}), None, r"fail_timeout"),
     ("zero tries", {"nginx_lb_proxy_next_upstream_tries": 0}, None, r"nginx_lb_proxy_next_upstream_tries >= 1"),
+    (
+        "firewall source not an address",
+        {"firewall_rules": [{"name": "exporter", "ports": [9100], "sources": ["10.0.0.300"]}]},
+        None,
+        r"sources must be IPv4/IPv6 addresses or CIDRs.*exporter: 10\.0\.0\.300",
+    ),
+    (
+        "firewall port out of range",
+        {"firewall_rules": [{"name": "exporter", "ports": [70000], "sources": ["10.0.0.5"]}]},
+        None,
+        r"ports must be within 1-65535.*exporter: 70000",
+    ),
+    (
+        "firewall rule without sources",
+        {"firewall_rules": [{"name": "exporter", "ports": [9100]}]},
+        None,
+        r"firewall_rules.*sources",
+    ),
+    (
+        "ssh sources lock the controller out",
+        {"firewall_controller_address": "198.51.100.7", "firewall_ssh_sources": ["192.0.2.0/24"]},
+        None,
+        r"would lock the controller out of .*198\.51\.100\.7.*firewall_ssh_sources",
+    ),
+    (
+        "api firewall source not an address",
+        {"api_firewall_sources": ["lb1.example"]},
+        None,
+        r"instances: lb1\.example",
+    ),
 ]
 
 
@@ -140,6 +170,8 @@ def test_valid_input_passes_preflight(tmp_path):
             {"port": 8001, "weight": 3}, {"port": 8002, "weight": 2, "max_conns": 10}, {"port": 8003, "backup": True}
         ),
         "nginx_lb_method": "least_conn",
+        "firewall_controller_address": "192.0.2.9",
+        "firewall_ssh_sources": ["192.0.2.0/24", "2001:db8::/32"],
     }
     run = preflight(tmp_path, extra)
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]

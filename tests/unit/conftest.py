@@ -15,7 +15,14 @@ ROLES = ROOT / "roles"
 
 
 def _trusted(value: Any) -> Any:
-    return trust_as_template(value) if isinstance(value, str) else value
+    """Mark strings as templates, as Ansible does for role files, nested ones included."""
+    if isinstance(value, str):
+        return trust_as_template(value)
+    if isinstance(value, list):
+        return [_trusted(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _trusted(item) for key, item in value.items()}
+    return value
 
 
 def role_variables(role: str) -> dict[str, Any]:
@@ -37,6 +44,13 @@ def render(role: str, template: str, variables: dict[str, Any]) -> str:
     templar = Templar(loader=DataLoader(), variables=context)
     source = (ROLES / role / "templates" / template).read_text()
     return templar.template(trust_as_template(source))
+
+
+def evaluate(role: str, expression: str, variables: dict[str, Any]) -> Any:
+    """Evaluate ``expression`` with the role's defaults and vars and ``variables``."""
+    context = {**role_variables(role), **{key: _trusted(value) for key, value in variables.items()}}
+    templar = Templar(loader=DataLoader(), variables=context)
+    return templar.template(trust_as_template(expression))
 
 
 def api_host(name: str, address: str, ports: list[int], **extra: Any) -> dict[str, Any]:

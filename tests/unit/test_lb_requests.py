@@ -68,3 +68,34 @@ def test_main_exit_code_reflects_failures(server, capsys):
     assert lb_requests.main(["--url", server + "/", "--requests", "3"]) == 0
     assert lb_requests.main(["--url", server + "/fail", "--requests", "2"]) == 1
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["failed"] == 2
+
+
+def test_stop_file_ends_continuous_load(server, tmp_path):
+    stop = tmp_path / "stop"
+    threading.Timer(0.5, stop.touch).start()
+    result = lb_requests.run(
+        server + "/", requests=1_000_000, concurrency=20, timeout=5, max_seconds=30, stop_file=str(stop)
+    )
+    assert 0 < result["requests"] < 1_000_000
+    assert result["seconds"] < 5
+    assert result["failed"] == 0
+    assert result["concurrency"] == 20
+    assert sum(result["instances"].values()) == result["requests"]
+
+
+def test_max_seconds_bounds_the_run(server):
+    result = lb_requests.run(server + "/", requests=1_000_000, concurrency=4, timeout=5, max_seconds=0.5)
+    assert result["seconds"] < 3
+    assert 0 < result["requests"] < 1_000_000
+
+
+def test_main_refuses_unbounded_time(server):
+    with pytest.raises(SystemExit):
+        lb_requests.main(["--url", server + "/", "--max-seconds", "100000"])
+
+
+def test_pause_paces_each_worker(server):
+    result = lb_requests.run(server + "/", requests=10, concurrency=2, timeout=5, max_seconds=30, pause=0.1)
+    assert result["requests"] == 10
+    # 5 requests per worker, 0.1 s after each: at least 0.5 s in all.
+    assert result["seconds"] >= 0.5
