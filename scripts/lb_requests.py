@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import sys
 import threading
 import time
@@ -24,10 +25,10 @@ import urllib.request
 from collections import Counter
 
 
-def fetch(url: str, timeout: float) -> tuple[int, str | None, str | None]:
+def fetch(url: str, timeout: float, context: ssl.SSLContext | None = None) -> tuple[int, str | None, str | None]:
     """Return (status, instance, version); status 0 means a connection error."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as response:
             body = json.loads(response.read().decode())
             return response.status, body.get("instance"), body.get("version")
     except urllib.error.HTTPError as err:
@@ -44,10 +45,13 @@ def run(
     max_seconds: float,
     stop_file: str | None = None,
     pause: float = 0.0,
+    cacert: str | None = None,
 ) -> dict:
     """Keep `concurrency` requests in flight until `requests` were sent, `max_seconds`
     passed or `stop_file` exists, whichever comes first; count every answer.
-    Each worker waits `pause` seconds between its requests (paced load)."""
+    Each worker waits `pause` seconds between its requests (paced load).
+    HTTPS is verified, against `cacert` when given."""
+    context = ssl.create_default_context(cafile=cacert) if cacert else None
     deadline = time.monotonic() + max_seconds
     statuses: Counter[int] = Counter()
     instances: Counter[str] = Counter()
@@ -67,7 +71,7 @@ def run(
 
     def worker() -> None:
         while more():
-            status, instance, version = fetch(url, timeout)
+            status, instance, version = fetch(url, timeout, context)
             with lock:
                 statuses[status] += 1
                 if instance:
@@ -107,12 +111,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=60.0, help="stop sending after this")
     parser.add_argument("--stop-file", help="stop sending once this file exists (continuous load during an event)")
     parser.add_argument("--pause", type=float, default=0.0, help="seconds each worker waits between requests")
+    parser.add_argument("--cacert", help="CA certificate(s) that HTTPS is verified against (default: the system's)")
     args = parser.parse_args(argv)
     if not 1 <= args.requests <= 1_000_000 or not 1 <= args.concurrency <= 256:
         parser.error("--requests must be 1-1000000 and --concurrency 1-256")
     if not 0 < args.max_seconds <= 900 or not 0 <= args.pause <= 10:
         parser.error("--max-seconds must be within (0, 900] and --pause within [0, 10]")
-    result = run(args.url, args.requests, args.concurrency, args.timeout, args.max_seconds, args.stop_file, args.pause)
+    result = run(
+        args.url,
+        args.requests,
+        args.concurrency,
+        args.timeout,
+        args.max_seconds,
+        args.stop_file,
+        args.pause,
+        args.cacert,
+    )
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
     return 0 if result["failed"] == 0 else 1

@@ -57,10 +57,14 @@ def tail(run: subprocess.CompletedProcess, chars: int = 4000) -> str:
     return (run.stdout + run.stderr)[-chars:]
 
 
-def requests_from(host, url: str, count: int, concurrency: int = 1, max_seconds: float = 60) -> dict:
-    """Send `count` requests to `url` from the test host; return lb_requests.py's JSON."""
+def requests_from(
+    host, url: str, count: int, concurrency: int = 1, max_seconds: float = 60, cacert: str | None = None
+) -> dict:
+    """Send `count` requests to `url` from the test host; return lb_requests.py's JSON.
+    HTTPS is verified against `cacert` (a path on the host) when given."""
     args = shlex.join(
         [f"--url={url}", f"--requests={count}", f"--concurrency={concurrency}", f"--max-seconds={max_seconds}"]
+        + ([f"--cacert={cacert}"] if cacert else [])
     )
     run = host.run(f"python3 - {args} <<'LB_REQUESTS_EOF'\n{LB_REQUESTS}\nLB_REQUESTS_EOF")
     assert run.stdout.strip(), run.stderr
@@ -89,8 +93,10 @@ class Load:
         pause: float = 0.05,
         max_seconds: float = 300,
         max_requests: int = 1_000_000,
+        cacert: str | None = None,
     ):
         self.host = host
+        self.cacert = cacert
         self.pause = pause
         self.url = url
         self.concurrency = concurrency
@@ -112,6 +118,7 @@ class Load:
                 f"--stop-file={d}/stop",
                 f"--pause={self.pause}",
             ]
+            + ([f"--cacert={self.cacert}"] if self.cacert else [])
         )
         self.host.run_expect(
             [0],

@@ -124,6 +124,21 @@ CASES = [
     ("fail_timeout not a time", instances({"port": 8001, "fail_timeout": "ten seconds"}), None, r"fail_timeout"),
     ("zero tries", {"nginx_lb_proxy_next_upstream_tries": 0}, None, r"nginx_lb_proxy_next_upstream_tries >= 1"),
     (
+        "hsts shorter than 180 days",
+        {"nginx_lb_hsts_max_age": 86400},
+        None,
+        r"nginx_lb_hsts_max_age=86400 is shorter than 180 days",
+    ),
+    ("rate limit not a rate", {"nginx_lb_rate_limit": "fast"}, None, r"nginx_lb_rate_limit must be empty or a rate"),
+    ("acme without names", {"nginx_lb_tls_mode": "acme"}, None, r"nginx_lb_tls_mode=acme needs DNS names"),
+    ("unknown tls mode", {"nginx_lb_tls_mode": "letsencrypt"}, None, r"nginx_lb_tls_mode.*selfsigned, provided, acme"),
+    (
+        "provided without a key",
+        {"nginx_lb_tls_mode": "provided", "nginx_lb_tls_certificate": "-----BEGIN CERTIFICATE-----"},
+        None,
+        r"nginx_lb_tls_mode=provided needs nginx_lb_tls_certificate",
+    ),
+    (
         "firewall source not an address",
         {"firewall_rules": [{"name": "exporter", "ports": [9100], "sources": ["10.0.0.300"]}]},
         None,

@@ -17,7 +17,9 @@ from lbtest import Load, playbook, recap, requests_from, tail
 SITE = "rag-photographie"
 PORTS = (8001, 8002, 8003)
 API_HOSTS = ("api1", "api2")
-LB_URL = "http://lb1/"
+LB_URL = "https://lb1/"
+# lb1's self-signed certificate, copied to the outsider to verify HTTPS.
+CACERT = "/tmp/lb1-cert.pem"
 
 
 def get(name: str):
@@ -26,7 +28,10 @@ def get(name: str):
 
 @pytest.fixture(scope="module")
 def hosts():
-    return {name: get(name) for name in ("lb1", "api1", "api2", "outsider")}
+    found = {name: get(name) for name in ("lb1", "api1", "api2", "outsider")}
+    cert = found["lb1"].file(f"/etc/nginx/tls/{SITE}/fullchain.pem").content_string
+    found["outsider"].run_expect([0], f"cat > {CACERT} <<'EOF'\n{cert}EOF")
+    return found
 
 
 def scan(outsider, target: str, ports: str) -> dict[int, str]:
@@ -42,11 +47,13 @@ def resolve(host, name: str) -> str:
 
 def status_from(host, url: str) -> int:
     """HTTP status of a GET from the host; 0 when no connection was made."""
-    return int(host.check_output(f"curl -s -o /dev/null -m 5 -w '%{{http_code}}' {url} || true") or 0)
+    cacert = f"--cacert {CACERT} " if host.file(CACERT).exists else ""
+    return int(host.check_output(f"curl -s {cacert}-o /dev/null -m 5 -w '%{{http_code}}' {url} || true") or 0)
 
 
 def test_outsider_reaches_the_load_balancer(hosts):
     assert status_from(hosts["outsider"], LB_URL) == 200
+    assert status_from(hosts["outsider"], "http://lb1/") == 301
 
 
 def test_nmap_from_outsider_sees_only_http_https_and_ssh_on_lb1(hosts):
@@ -54,8 +61,7 @@ def test_nmap_from_outsider_sees_only_http_https_and_ssh_on_lb1(hosts):
     print("lb1", states)
     assert states[22] == "open"
     assert states[80] == "open"
-    # Opened by the firewall; nginx answers on it once HTTPS is on.
-    assert states[443] in ("open", "closed")
+    assert states[443] == "open"
     for port in (*PORTS, 9999):
         assert states[port] == "filtered", (port, states)
 
@@ -83,6 +89,7 @@ def test_api_instances_listen_on_the_private_address_only(hosts, api):
 
 def test_status_page_refused_to_the_outsider(hosts):
     assert status_from(hosts["outsider"], "http://lb1/nginx_status") == 403
+    assert status_from(hosts["outsider"], "https://lb1/nginx_status") == 403
     assert "Active connections" in hosts["lb1"].check_output("curl -s http://localhost/nginx_status")
 
 
@@ -101,7 +108,7 @@ def test_ssh_banner_from_the_outsider(hosts):
 
 
 def test_requests_through_lb1_reach_all_six_instances(hosts):
-    result = requests_from(hosts["outsider"], LB_URL, 60)
+    result = requests_from(hosts["outsider"], LB_URL, 60, cacert=CACERT)
     assert result["failed"] == 0, result
     expected = sorted(f"{api}:{port}" for api in API_HOSTS for port in PORTS)
     assert sorted(result["instances"]) == expected, result
@@ -125,23 +132,39 @@ def test_ruleset_comes_back_from_its_saved_file(hosts):
     assert scan(hosts["outsider"], "api1", "8001")[8001] == "filtered"
 
 
+def test_firewall_switched_off_and_on(hosts):
+    run = playbook("--tags", "firewall", extra_vars={"firewall_enabled": False})
+    assert run.returncode == 0, tail(run)
+    api1 = hosts["api1"]
+    assert api1.run("nft list table inet firewall").rc != 0
+    assert not api1.service("nftables").is_enabled
+    # Off means off: the instance port answers the outsider, Docker's NAT stays.
+    assert scan(hosts["outsider"], "api1", "8001")[8001] == "open"
+    assert api1.run("nft list table ip nat").rc == 0
+
+    run = playbook("--tags", "firewall")
+    assert run.returncode == 0, tail(run)
+    assert api1.service("nftables").is_enabled
+    assert scan(hosts["outsider"], "api1", "8001")[8001] == "filtered"
+
+
 def test_scale_out_and_back_in_without_failed_requests(hosts):
     four = [{"port": port} for port in (*PORTS, 8004)]
-    with Load(hosts["outsider"], LB_URL, concurrency=10) as out:
+    with Load(hosts["outsider"], LB_URL, concurrency=10, cacert=CACERT) as out:
         run = playbook(extra_vars={"api_instances": four})
     assert run.returncode == 0, tail(run)
     print("scale out: changed", {h: c["changed"] for h, c in recap(run).items()})
     assert out.result["failed"] == 0, out.result
-    result = requests_from(hosts["outsider"], LB_URL, 80)
+    result = requests_from(hosts["outsider"], LB_URL, 80, cacert=CACERT)
     assert sorted(result["instances"]) == sorted(f"{a}:{p}" for a in API_HOSTS for p in (*PORTS, 8004)), result
     assert status_from(hosts["lb1"], "http://api1:8004/health") == 200
     assert scan(hosts["outsider"], "api1", "8004")[8004] == "filtered"
 
-    with Load(hosts["outsider"], LB_URL, concurrency=10) as back:
+    with Load(hosts["outsider"], LB_URL, concurrency=10, cacert=CACERT) as back:
         run = playbook()
     assert run.returncode == 0, tail(run)
     assert back.result["failed"] == 0, back.result
-    result = requests_from(hosts["outsider"], LB_URL, 60)
+    result = requests_from(hosts["outsider"], LB_URL, 60, cacert=CACERT)
     assert sorted(result["instances"]) == sorted(f"{a}:{p}" for a in API_HOSTS for p in PORTS), result
     for api in API_HOSTS:
         unit = hosts[api].service(f"{SITE}@8004")

@@ -1,0 +1,215 @@
+"""HTTPS on the load balancer: a real ACME certificate from pebble, the TLS
+profile measured by testssl.sh, the hardening headers, and every mode.
+
+`acme` runs pebble (prepare.yml) and is the client of every check here:
+lb-tls is reached by name over the scenario's Docker network.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+
+import pytest
+import testinfra
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from lbtest import playbook, recap, said, tail
+
+SITE = "rag-photographie"
+LB = "lb-tls"
+ROOT = "/tmp/pebble-root.pem"
+
+
+def get(name: str):
+    return testinfra.get_host(f"ansible://{name}", ansible_inventory=os.environ["MOLECULE_INVENTORY_FILE"])
+
+
+@pytest.fixture(scope="module")
+def lb():
+    return get(LB)
+
+
+@pytest.fixture(scope="module")
+def acme():
+    host = get("acme")
+    # The root that issued the load balancer's chain, from pebble's
+    # management interface (verified against pebble's listener certificate).
+    host.run_expect([0], f"curl -sf --cacert /etc/pebble/cert.pem -o {ROOT} https://acme:15000/roots/0")
+    return host
+
+
+def headers(host, url: str, cacert: str = ROOT) -> dict[str, str]:
+    out = host.check_output(f"curl -s -m 10 --cacert {cacert} -D - -o /dev/null '{url}'")
+    lines = out.replace("\r", "").splitlines()
+    result = {"status": lines[0]}
+    for line in lines[1:]:
+        if ":" in line:
+            name, _, value = line.partition(":")
+            result[name.strip().lower()] = value.strip()
+    return result
+
+
+def test_acme_chain_verifies_against_pebble_root(acme):
+    run = acme.run(f"curl -sf --cacert {ROOT} https://{LB}/health")
+    assert run.rc == 0, run.stderr
+    assert json.loads(run.stdout)["status"] == "ok"
+    issuer = acme.check_output(
+        f"openssl s_client -connect {LB}:443 -servername {LB} </dev/null 2>/dev/null | openssl x509 -noout -issuer"
+    )
+    assert "Pebble Intermediate" in issuer, issuer
+
+
+def test_certificate_files_and_renewal(lb):
+    key = lb.file(f"/etc/nginx/tls/{SITE}/privkey.pem")
+    assert (key.user, key.group, key.mode) == ("root", "root", 0o600)
+    assert lb.service("certbot.timer").is_enabled
+    assert lb.service("certbot.timer").is_running
+    dropin = lb.check_output("systemctl cat certbot.service")
+    assert "REQUESTS_CA_BUNDLE=/etc/ssl/acme-listener.pem" in dropin
+    run = lb.run(
+        "REQUESTS_CA_BUNDLE=/etc/ssl/acme-listener.pem"
+        # --server: a dry run otherwise swaps in Let's Encrypt's staging CA.
+        f" certbot renew --dry-run --cert-name {SITE} --no-random-sleep-on-renew --server https://acme:14000/dir"
+    )
+    assert run.rc == 0, run.stdout + run.stderr
+    assert "succeeded" in run.stdout + run.stderr
+
+
+def test_http_redirects_to_https_except_the_challenge(lb, acme):
+    got = headers(acme, f"http://{LB}/a/b?c=1")
+    assert " 301" in got["status"], got
+    assert got["location"] == f"https://{LB}/a/b?c=1"
+    lb.run_expect(
+        [0],
+        "echo probe > /var/www/acme-challenge/.well-known/acme-challenge/probe || "
+        "(mkdir -p /var/www/acme-challenge/.well-known/acme-challenge && "
+        "echo probe > /var/www/acme-challenge/.well-known/acme-challenge/probe)",
+    )
+    assert acme.check_output(f"curl -s http://{LB}/.well-known/acme-challenge/probe") == "probe"
+
+
+@pytest.mark.parametrize("path", ["/", "/health", "/missing"])
+def test_hsts_and_hardening_headers_on_real_responses(acme, path):
+    got = headers(acme, f"https://{LB}{path}")
+    assert got["status"].startswith("HTTP/2 "), got
+    assert int(got["strict-transport-security"].split("=")[1]) >= 15552000
+    assert got["x-content-type-options"] == "nosniff"
+    assert got["x-frame-options"] == "DENY"
+    assert got["server"] == "nginx"
+
+
+def test_unknown_host_and_sni_are_rejected(acme):
+    # HTTP: the default server closes the connection without an answer (444).
+    assert acme.run(f"curl -s -m 5 -H 'Host: other.example' http://{LB}/").rc == 52
+    # HTTPS: a handshake for another name is refused.
+    ip = acme.check_output(f"getent ahostsv4 {LB} | awk 'NR==1 {{print $1}}'")
+    run = acme.run(f"curl -s -m 5 --cacert {ROOT} --resolve other.example:443:{ip} https://other.example/")
+    assert run.rc == 35, run
+
+
+def test_testssl_finds_nothing_high_and_only_tls12_tls13(acme):
+    report = "/tmp/testssl.json"
+    acme.run(f"rm -f {report}")
+    acme.run(
+        f"timeout 300 testssl --quiet --color 0 --warnings off --add-ca {ROOT} -p -s -f -P -S -h -U "
+        f"--jsonfile {report} https://{LB}/ >/tmp/testssl.out 2>&1"
+    )
+    # Debian's testssl.sh package installs the command as `testssl`.
+    assert acme.file(report).exists, acme.check_output("tail -20 /tmp/testssl.out")
+    findings = json.loads(acme.file(report).content_string)
+    assert len(findings) > 20, findings
+    bad = [f for f in findings if f.get("severity") in ("HIGH", "CRITICAL")]
+    by_id = {f["id"]: f for f in findings}
+    print(
+        "testssl:",
+        len(findings),
+        "findings;",
+        {s: sum(f.get("severity") == s for f in findings) for s in ("OK", "INFO", "LOW", "MEDIUM", "HIGH", "CRITICAL")},
+    )
+    assert bad == [], bad
+    for protocol in ("SSLv2", "SSLv3", "TLS1", "TLS1_1"):
+        assert by_id[protocol]["finding"].startswith("not offered"), by_id[protocol]
+    for protocol in ("TLS1_2", "TLS1_3"):
+        assert by_id[protocol]["finding"].startswith("offered"), by_id[protocol]
+
+
+def make_certificate(name: str) -> tuple[str, str, str]:
+    """A CA and a certificate for `name` signed by it: (ca_pem, cert_pem, key_pem)."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test Company CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return ca.public_bytes(pem).decode(), cert.public_bytes(pem).decode(), key_pem.decode()
+
+
+def test_provided_mode_serves_the_given_certificate_and_refuses_a_wrong_key(lb, acme):
+    ca, cert, key = make_certificate(LB)
+    _, _, other_key = make_certificate(LB)
+    before = lb.file(f"/etc/nginx/tls/{SITE}/fullchain.pem").content_string
+
+    run = playbook(
+        extra_vars={"nginx_lb_tls_mode": "provided", "nginx_lb_tls_certificate": cert, "nginx_lb_tls_key": other_key}
+    )
+    assert run.returncode != 0
+    assert "the key does NOT match the certificate" in said(run), tail(run)
+    assert all(c["changed"] == 0 for c in recap(run).values()), tail(run)
+    assert lb.file(f"/etc/nginx/tls/{SITE}/fullchain.pem").content_string == before
+    assert other_key not in run.stdout + run.stderr
+
+    run = playbook(
+        extra_vars={"nginx_lb_tls_mode": "provided", "nginx_lb_tls_certificate": cert, "nginx_lb_tls_key": key}
+    )
+    assert run.returncode == 0, tail(run)
+    assert key not in run.stdout + run.stderr
+    acme.run_expect([0], f"cat > /tmp/company-ca.pem <<'EOF'\n{ca}EOF")
+    assert acme.run(f"curl -sf --cacert /tmp/company-ca.pem https://{LB}/health").rc == 0
+    assert lb.file(f"/etc/nginx/tls/{SITE}/privkey.pem").mode == 0o600
+
+
+def test_switching_off_selfsigned_acme_converges_then_changes_nothing(lb, acme):
+    run = playbook(extra_vars={"nginx_lb_tls_mode": "off"})
+    assert run.returncode == 0, tail(run)
+    assert acme.run(f"curl -s -m 5 https://{LB}/").rc != 0
+    assert json.loads(acme.check_output(f"curl -s http://{LB}/health"))["status"] == "ok"
+
+    run = playbook(extra_vars={"nginx_lb_tls_mode": "selfsigned"})
+    assert run.returncode == 0, tail(run)
+    lb_cert = lb.file(f"/etc/nginx/tls/{SITE}/fullchain.pem").content_string
+    acme.run_expect([0], f"cat > /tmp/lb-selfsigned.pem <<'EOF'\n{lb_cert}EOF")
+    assert acme.run(f"curl -sf --cacert /tmp/lb-selfsigned.pem https://{LB}/health").rc == 0
+
+    # Back to the inventory's mode, acme: a fresh certificate from pebble.
+    run = playbook()
+    assert run.returncode == 0, tail(run)
+    assert acme.run(f"curl -sf --cacert {ROOT} https://{LB}/health").rc == 0
+    again = playbook()
+    assert again.returncode == 0, tail(again)
+    assert {h: c["changed"] for h, c in recap(again).items()} == {LB: 0}, tail(again)
