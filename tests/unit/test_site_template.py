@@ -98,8 +98,8 @@ def test_random_two_least_conn(render_site):
 def test_servers_get_the_role_level_passive_check_defaults(render_site):
     options = server_options(render_site(ONE))
     assert options == {
-        "127.0.0.1:8001": "max_fails=1 fail_timeout=10s",
-        "127.0.0.1:8002": "max_fails=1 fail_timeout=10s",
+        "127.0.0.1:8001": "max_fails=1 fail_timeout=2s",
+        "127.0.0.1:8002": "max_fails=1 fail_timeout=2s",
     }
     tuned = server_options(render_site(ONE, nginx_lb_max_fails=3, nginx_lb_fail_timeout="30s"))
     assert tuned["127.0.0.1:8001"] == "max_fails=3 fail_timeout=30s"
@@ -116,9 +116,9 @@ def test_weighted_servers_as_in_the_seed(render_site):
     }
     options = server_options(render_site([host]))
     assert options == {
-        "127.0.0.1:8001": "weight=3 max_fails=1 fail_timeout=10s",
-        "127.0.0.1:8002": "weight=2 max_fails=1 fail_timeout=10s",
-        "127.0.0.1:8003": "weight=1 max_fails=1 fail_timeout=10s",
+        "127.0.0.1:8001": "weight=3 max_fails=1 fail_timeout=2s",
+        "127.0.0.1:8002": "weight=2 max_fails=1 fail_timeout=2s",
+        "127.0.0.1:8003": "weight=1 max_fails=1 fail_timeout=2s",
     }
 
 
@@ -135,9 +135,9 @@ def test_per_instance_options(render_site):
     options = server_options(render_site([host]))
     assert options == {
         "127.0.0.1:8001": "max_fails=0 fail_timeout=5s max_conns=50",
-        "127.0.0.1:8002": "max_fails=1 fail_timeout=10s down",
-        "127.0.0.1:8003": "max_fails=1 fail_timeout=10s backup",
-        "127.0.0.1:8004": "max_fails=1 fail_timeout=10s",
+        "127.0.0.1:8002": "max_fails=1 fail_timeout=2s down",
+        "127.0.0.1:8003": "max_fails=1 fail_timeout=2s backup",
+        "127.0.0.1:8004": "max_fails=1 fail_timeout=2s",
     }
 
 
