@@ -8,7 +8,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PYTHONDONTWRITEBYTECODE := 1
 
 # Molecule scenarios and the distros each one runs on in `make test`.
-SCENARIOS ?= default methods cluster tls
+SCENARIOS ?= default methods cluster tls rolling
 DEFAULT_DISTROS ?= debian12 debian13
 
 .PHONY: setup lab lab-destroy test lint unit input molecule clean

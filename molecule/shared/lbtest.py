@@ -19,13 +19,16 @@ from pathlib import Path
 
 PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).resolve().parents[2]))
 CONVERGE = PROJECT / "molecule" / "shared" / "converge.yml"
+ROLLING_UPDATE = PROJECT / "playbooks" / "rolling_update.yml"
 LB_REQUESTS = (PROJECT / "scripts" / "lb_requests.py").read_text()
 
 
-def playbook(*args: str, extra_vars: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
-    """Run the converge playbook on the scenario's inventory; output without colour."""
+def playbook(
+    *args: str, extra_vars: dict | None = None, timeout: int = 900, path: Path = CONVERGE
+) -> subprocess.CompletedProcess:
+    """Run the converge playbook (or `path`) on the scenario's inventory; output without colour."""
     inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
-    command = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory), str(CONVERGE), *args]
+    command = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory), str(path), *args]
     if extra_vars is not None:
         command += ["-e", json.dumps(extra_vars)]
     return subprocess.run(
@@ -94,9 +97,11 @@ class Load:
         max_seconds: float = 300,
         max_requests: int = 1_000_000,
         cacert: str | None = None,
+        timeout: float = 5.0,
     ):
         self.host = host
         self.cacert = cacert
+        self.timeout = timeout
         self.pause = pause
         self.url = url
         self.concurrency = concurrency
@@ -117,6 +122,7 @@ class Load:
                 f"--max-seconds={self.max_seconds}",
                 f"--stop-file={d}/stop",
                 f"--pause={self.pause}",
+                f"--timeout={self.timeout}",
             ]
             + ([f"--cacert={self.cacert}"] if self.cacert else [])
         )

@@ -7,7 +7,9 @@ outsider is the independent check of what each host lets through.
 
 from __future__ import annotations
 
+import json
 import os
+import time
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -172,3 +174,31 @@ def test_scale_out_and_back_in_without_failed_requests(hosts):
         assert not unit.is_enabled
     assert status_from(hosts["lb1"], "http://api1:8004/health") == 0
     assert "8004" not in hosts["lb1"].file(f"/etc/nginx/sites-available/{SITE}").content_string
+
+
+def test_stopping_a_whole_api_host(hosts):
+    """api2 drops off the network (its link goes down, as if powered off)
+    under load: nginx's passive checks move the traffic to api1. Requests
+    that hit api2 first wait for the connect timeout and are retried, so the
+    client timeout is 15 s. Last test: it leaves api2 as it found it."""
+    api2 = hosts["api2"]
+    route = api2.check_output("ip route show default")
+    window = 2  # nginx_lb_fail_timeout
+    try:
+        with Load(hosts["outsider"], LB_URL, concurrency=10, cacert=CACERT, timeout=15) as first:
+            api2.run_expect([0], "ip link set eth0 down")
+            time.sleep(window)
+        with Load(hosts["outsider"], LB_URL, concurrency=10, cacert=CACERT, timeout=15) as later:
+            time.sleep(10)
+    finally:
+        api2.run("ip link set eth0 up")
+        if route:
+            api2.run(f"ip route replace {route}")
+    print(f"api2 down, first {window} s:", json.dumps(first.result))
+    print("api2 down, the next 10 s:", json.dumps(later.result))
+    assert later.result["failed"] == 0, later.result
+    assert set(later.result["instances"]) == {f"api1:{port}" for port in PORTS}, later.result
+    # Back up: after fail_timeout nginx tries api2 again and it serves.
+    time.sleep(window + 1)
+    result = requests_from(hosts["outsider"], LB_URL, 60, cacert=CACERT)
+    assert len(result["instances"]) == 6, result
