@@ -41,6 +41,26 @@ def playbook(
     )
 
 
+def get_host(name: str):
+    """A testinfra host of the scenario by inventory name, for tests that probe across hosts."""
+    import testinfra  # noqa: PLC0415 - only multi-host scenarios need it
+
+    return testinfra.get_host(f"ansible://{name}", ansible_inventory=os.environ["MOLECULE_INVENTORY_FILE"])
+
+
+def headers(host, url: str, cacert: str) -> dict[str, str]:
+    """Response headers of a GET from the host (lower-case names) and the status line as `status`;
+    HTTPS verified against `cacert`, a path on the host."""
+    out = host.check_output(f"curl -s -m 10 --cacert {cacert} -D - -o /dev/null '{url}'")
+    lines = out.replace("\r", "").splitlines()
+    result = {"status": lines[0]}
+    for line in lines[1:]:
+        if ":" in line:
+            name, _, value = line.partition(":")
+            result[name.strip().lower()] = value.strip()
+    return result
+
+
 def recap(run: subprocess.CompletedProcess) -> dict[str, dict[str, int]]:
     """Per host, the counters of the PLAY RECAP line."""
     hosts = {}

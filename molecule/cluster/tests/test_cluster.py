@@ -8,13 +8,11 @@ outsider is the independent check of what each host lets through.
 from __future__ import annotations
 
 import json
-import os
 import time
 import xml.etree.ElementTree as ET
 
 import pytest
-import testinfra
-from lbtest import Load, playbook, recap, requests_from, tail
+from lbtest import Load, get_host, playbook, recap, requests_from, tail
 
 SITE = "rag-photographie"
 PORTS = (8001, 8002, 8003)
@@ -24,13 +22,9 @@ LB_URL = "https://lb1/"
 CACERT = "/tmp/lb1-cert.pem"
 
 
-def get(name: str):
-    return testinfra.get_host(f"ansible://{name}", ansible_inventory=os.environ["MOLECULE_INVENTORY_FILE"])
-
-
 @pytest.fixture(scope="module")
 def hosts():
-    found = {name: get(name) for name in ("lb1", "api1", "api2", "outsider")}
+    found = {name: get_host(name) for name in ("lb1", "api1", "api2", "outsider")}
     cert = found["lb1"].file(f"/etc/nginx/tls/{SITE}/fullchain.pem").content_string
     found["outsider"].run_expect([0], f"cat > {CACERT} <<'EOF'\n{cert}EOF")
     return found

@@ -6,6 +6,7 @@ import json
 from collections import Counter
 
 import pytest
+from lbtest import headers
 
 SITE = "rag-photographie"
 PORTS = (8001, 8002, 8003)
@@ -20,18 +21,6 @@ def curl(host, path: str, scheme: str = "https") -> tuple[int, str]:
     out = host.check_output(f"curl -s --cacert {CERT} -o /dev/stdout -w '\\n%{{http_code}}' {scheme}://localhost{path}")
     body, _, status = out.rpartition("\n")
     return int(status), body
-
-
-def headers(host, url: str) -> dict[str, str]:
-    """Response headers of a GET (lower-case names), plus the status line as `status`."""
-    out = host.check_output(f"curl -s --cacert {CERT} -D - -o /dev/null '{url}'")
-    lines = out.replace("\r", "").splitlines()
-    result = {"status": lines[0]}
-    for line in lines[1:]:
-        if ":" in line:
-            name, _, value = line.partition(":")
-            result[name.strip().lower()] = value.strip()
-    return result
 
 
 def test_nginx_active_enabled_and_config_valid(host):
@@ -106,14 +95,14 @@ def test_access_log_receives_the_requests(host):
 
 
 def test_http_redirects_to_https(host):
-    got = headers(host, "http://localhost/some/path?x=1")
+    got = headers(host, "http://localhost/some/path?x=1", CERT)
     assert " 301" in got["status"], got
     assert got["location"] == "https://localhost/some/path?x=1"
 
 
 @pytest.mark.parametrize("path", ["/", "/health", "/no-such-path"])
 def test_https_responses_carry_hsts_and_hardening_headers(host, path):
-    got = headers(host, f"https://localhost{path}")
+    got = headers(host, f"https://localhost{path}", CERT)
     assert got["status"].startswith("HTTP/2 "), got
     assert got["strict-transport-security"] == "max-age=63072000"
     assert got["x-content-type-options"] == "nosniff"

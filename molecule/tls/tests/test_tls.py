@@ -9,48 +9,31 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 
 import pytest
-import testinfra
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from lbtest import playbook, recap, said, tail
+from lbtest import get_host, headers, playbook, recap, said, tail
 
 SITE = "rag-photographie"
 LB = "lb-tls"
 ROOT = "/tmp/pebble-root.pem"
 
 
-def get(name: str):
-    return testinfra.get_host(f"ansible://{name}", ansible_inventory=os.environ["MOLECULE_INVENTORY_FILE"])
-
-
 @pytest.fixture(scope="module")
 def lb():
-    return get(LB)
+    return get_host(LB)
 
 
 @pytest.fixture(scope="module")
 def acme():
-    host = get("acme")
+    host = get_host("acme")
     # The root that issued the load balancer's chain, from pebble's
     # management interface (verified against pebble's listener certificate).
     host.run_expect([0], f"curl -sf --cacert /etc/pebble/cert.pem -o {ROOT} https://acme:15000/roots/0")
     return host
-
-
-def headers(host, url: str, cacert: str = ROOT) -> dict[str, str]:
-    out = host.check_output(f"curl -s -m 10 --cacert {cacert} -D - -o /dev/null '{url}'")
-    lines = out.replace("\r", "").splitlines()
-    result = {"status": lines[0]}
-    for line in lines[1:]:
-        if ":" in line:
-            name, _, value = line.partition(":")
-            result[name.strip().lower()] = value.strip()
-    return result
 
 
 def test_acme_chain_verifies_against_pebble_root(acme):
@@ -80,7 +63,7 @@ def test_certificate_files_and_renewal(lb):
 
 
 def test_http_redirects_to_https_except_the_challenge(lb, acme):
-    got = headers(acme, f"http://{LB}/a/b?c=1")
+    got = headers(acme, f"http://{LB}/a/b?c=1", ROOT)
     assert " 301" in got["status"], got
     assert got["location"] == f"https://{LB}/a/b?c=1"
     lb.run_expect(
@@ -94,7 +77,7 @@ def test_http_redirects_to_https_except_the_challenge(lb, acme):
 
 @pytest.mark.parametrize("path", ["/", "/health", "/missing"])
 def test_hsts_and_hardening_headers_on_real_responses(acme, path):
-    got = headers(acme, f"https://{LB}{path}")
+    got = headers(acme, f"https://{LB}{path}", ROOT)
     assert got["status"].startswith("HTTP/2 "), got
     assert int(got["strict-transport-security"].split("=")[1]) >= 15552000
     assert got["x-content-type-options"] == "nosniff"
