@@ -28,7 +28,7 @@ def server_options(config: str) -> dict[str, str]:
 
 
 def method_lines(config: str) -> list[str]:
-    skip = ("server ", "zone ", "keepalive ")
+    skip = ("server ", "zone ", "keepalive ", "keepalive_timeout ")
     return [line for line in upstream_lines(config) if not line.startswith(skip)]
 
 
@@ -46,8 +46,28 @@ def test_every_host_times_every_instance(render_site):
     )
     servers = upstream_servers(config)
     assert len(servers) == 6
-    assert servers[:3] == ["10.0.0.11:8001", "10.0.0.11:8002", "10.0.0.11:8003"]
-    assert servers[3:] == ["10.0.0.12:8001", "10.0.0.12:8002", "10.0.0.12:8003"]
+    # Interleaved across hosts: a retry after a dead host lands on the other.
+    assert servers == [
+        "10.0.0.11:8001",
+        "10.0.0.12:8001",
+        "10.0.0.11:8002",
+        "10.0.0.12:8002",
+        "10.0.0.11:8003",
+        "10.0.0.12:8003",
+    ]
+
+
+def test_hosts_with_different_instance_counts_interleave(render_site):
+    config = render_site(
+        [api_host("api1", "10.0.0.11", [8001]), api_host("api2", "10.0.0.12", [8001, 8002, 8003, 8004])]
+    )
+    assert upstream_servers(config) == [
+        "10.0.0.11:8001",
+        "10.0.0.12:8001",
+        "10.0.0.12:8002",
+        "10.0.0.12:8003",
+        "10.0.0.12:8004",
+    ]
 
 
 def test_hosts_outside_the_backend_group_are_ignored(render_site):
@@ -200,3 +220,10 @@ def test_rendering_is_stable(render_site):
 def test_starts_with_the_ansible_managed_header(render_site):
     config = render_site([api_host("api1", "127.0.0.1", [8001])])
     assert config.splitlines()[:3] == ["#", "# Ansible managed", "#"]
+
+
+def test_idle_upstream_connections_expire_before_a_failed_server_is_retried(render_site):
+    lines = upstream_lines(render_site([api_host("api1", "10.0.0.11", [8001])]))
+    assert "keepalive 32;" in lines
+    assert "keepalive_timeout 1s;" in lines
+    assert "max_fails=1 fail_timeout=2s" in " ".join(lines)
