@@ -33,8 +33,9 @@ async def health() -> dict[str, str]:
     return identity()
 
 
-@app.get("/")
+@app.api_route("/", methods=["GET", "POST"])
 async def root() -> dict[str, str]:
+    """GET or POST (the body is ignored): who answered."""
     return identity()
 
 

@@ -6,7 +6,16 @@ The demo API answers every request with JSON holding ``instance``
 requests, keeping ``--concurrency`` in flight, and stops early at
 ``--max-seconds`` or once ``--stop-file`` exists (continuous load during an
 event). It prints one JSON object: totals, failures, statuses (0 is a
-connection error) and the count per instance and per version.
+connection error), error kinds, the count per instance and per version, and
+the wall-clock time of the first request sent and the last answer.
+
+Two client modes:
+  * per request (default): a new connection for every request
+    (``Connection: close``), as urllib sends it;
+  * ``--keepalive``: each worker keeps one persistent HTTP/1.1 connection and
+    sends request after request on it, like a connection pool; a request
+    that fails is not retried (the connection is opened again for the next).
+``--method POST`` sends a small JSON body instead of a GET.
 
 Only point it at loopback or at the project's own test hosts.
 """
@@ -14,6 +23,7 @@ Only point it at loopback or at the project's own test hosts.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import ssl
@@ -23,18 +33,58 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from urllib.parse import urlsplit
+
+BODY = b'{"probe": true}'
 
 
-def fetch(url: str, timeout: float, context: ssl.SSLContext | None = None) -> tuple[int, str | None, str | None]:
-    """Return (status, instance, version); status 0 means a connection error."""
+Result = tuple[int, str | None, str | None, str | None]
+
+
+def fetch(url: str, timeout: float, context: ssl.SSLContext | None = None, method: str = "GET") -> Result:
+    """One request on a new connection: (status, instance, version, error); status 0 is a connection error."""
+    data = BODY if method == "POST" else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(url, timeout=timeout, context=context) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             body = json.loads(response.read().decode())
-            return response.status, body.get("instance"), body.get("version")
+            return response.status, body.get("instance"), body.get("version"), None
     except urllib.error.HTTPError as err:
-        return err.code, None, None
-    except (OSError, ValueError):
-        return 0, None, None
+        return err.code, None, None, None
+    except (OSError, ValueError) as err:
+        return 0, None, None, type(getattr(err, "reason", err)).__name__
+
+
+class KeepAlive:
+    """One persistent HTTP/1.1 connection, reused request after request and never retried:
+    what a connection pool does. After an error it is closed and opened anew for the next."""
+
+    def __init__(self, url: str, timeout: float, context: ssl.SSLContext | None, method: str):
+        parts = urlsplit(url)
+        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self.method = method
+        if parts.scheme == "https":
+            self.connection = http.client.HTTPSConnection(
+                parts.hostname, parts.port or 443, timeout=timeout, context=context or ssl.create_default_context()
+            )
+        else:
+            self.connection = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+
+    def fetch(self) -> Result:
+        try:
+            body = BODY if self.method == "POST" else None
+            self.connection.request(self.method, self.path, body=body, headers={"Content-Type": "application/json"})
+            response = self.connection.getresponse()
+            raw = response.read()
+            if response.will_close:
+                self.connection.close()
+            if not 200 <= response.status < 300:
+                return response.status, None, None, None
+            data = json.loads(raw.decode())
+            return response.status, data.get("instance"), data.get("version"), None
+        except (OSError, ValueError, http.client.HTTPException) as err:
+            self.connection.close()
+            return 0, None, None, type(err).__name__
 
 
 def run(
@@ -46,6 +96,8 @@ def run(
     stop_file: str | None = None,
     pause: float = 0.0,
     cacert: str | None = None,
+    keepalive: bool = False,
+    method: str = "GET",
 ) -> dict:
     """Keep `concurrency` requests in flight until `requests` were sent, `max_seconds`
     passed or `stop_file` exists, whichever comes first; count every answer.
@@ -56,30 +108,42 @@ def run(
     statuses: Counter[int] = Counter()
     instances: Counter[str] = Counter()
     versions: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
     lock = threading.Lock()
     sent = 0
+    first_sent: float | None = None
+    last_answer: float | None = None
 
     def more() -> bool:
-        nonlocal sent
+        nonlocal sent, first_sent
         with lock:
             if sent >= requests or time.monotonic() >= deadline:
                 return False
             if stop_file and os.path.exists(stop_file):
                 return False
             sent += 1
+            if first_sent is None:
+                first_sent = time.time()
             return True
 
     def worker() -> None:
+        nonlocal last_answer
+        pooled = KeepAlive(url, timeout, context, method) if keepalive else None
         while more():
-            status, instance, version = fetch(url, timeout, context)
+            status, instance, version, error = pooled.fetch() if pooled else fetch(url, timeout, context, method)
             with lock:
+                last_answer = time.time()
                 statuses[status] += 1
                 if instance:
                     instances[instance] += 1
                 if version:
                     versions[version] += 1
+                if error:
+                    errors[error] += 1
             if pause:
                 time.sleep(pause)
+        if pooled:
+            pooled.connection.close()
 
     started = time.monotonic()
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
@@ -90,6 +154,8 @@ def run(
     ok = sum(n for status, n in statuses.items() if 200 <= status < 300)
     return {
         "url": url,
+        "mode": "keepalive" if keepalive else "per-request",
+        "method": method,
         "concurrency": concurrency,
         "pause": pause,
         "requests": sent,
@@ -99,6 +165,9 @@ def run(
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
         "instances": dict(sorted(instances.items())),
         "versions": dict(sorted(versions.items())),
+        "errors": dict(sorted(errors.items())),
+        "first_sent": first_sent,
+        "last_answer": last_answer,
     }
 
 
@@ -112,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-file", help="stop sending once this file exists (continuous load during an event)")
     parser.add_argument("--pause", type=float, default=0.0, help="seconds each worker waits between requests")
     parser.add_argument("--cacert", help="CA certificate(s) that HTTPS is verified against (default: the system's)")
+    parser.add_argument("--keepalive", action="store_true", help="reuse one HTTP/1.1 connection per worker, no retry")
+    parser.add_argument("--method", choices=["GET", "POST"], default="GET")
     args = parser.parse_args(argv)
     if not 1 <= args.requests <= 1_000_000 or not 1 <= args.concurrency <= 256:
         parser.error("--requests must be 1-1000000 and --concurrency 1-256")
@@ -126,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         args.stop_file,
         args.pause,
         args.cacert,
+        args.keepalive,
+        args.method,
     )
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from ansible.parsing.dataloader import DataLoader
-from ansible.template import Templar, trust_as_template
 
 ROOT = Path(__file__).resolve().parents[2]
+# The roles' filters (plugins/filter), as ansible.cfg points Ansible at them.
+os.environ.setdefault("ANSIBLE_FILTER_PLUGINS", str(ROOT / "plugins" / "filter"))
+
+from ansible.parsing.dataloader import DataLoader  # noqa: E402
+from ansible.template import Templar, trust_as_template  # noqa: E402
+
 ROLES = ROOT / "roles"
 
 
@@ -54,9 +59,11 @@ def evaluate(role: str, expression: str, variables: dict[str, Any]) -> Any:
 
 
 def api_host(name: str, address: str, ports: list[int], **extra: Any) -> dict[str, Any]:
-    """hostvars of an API host as the api role leaves them (api_endpoints)."""
+    """hostvars of an API host as the api role's publish step leaves them, with its
+    api_instances left to the role default (so nginx_lb reads the published endpoints)."""
     return {
         "inventory_hostname": name,
+        "api_advertised_address": address,
         "api_endpoints": [{"port": port, "address": address} for port in ports],
         **extra,
     }
@@ -73,6 +80,8 @@ def render_site():
             "groups": {"api_servers": list(hostvars), "loadbalancers": ["lb1"]},
             "hostvars": hostvars,
             "ansible_facts": {"all_ipv6_addresses": []},
+            # What configure.yml reads from the host: Debian 13's nginx.
+            "_nginx_lb_version": "1.26.3",
             **overrides,
         }
         return render("nginx_lb", "site.conf.j2", variables)

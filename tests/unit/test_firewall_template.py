@@ -9,6 +9,9 @@ LB_RULE = {"name": "nginx site", "proto": "tcp", "ports": [80, 443], "sources": 
 
 def ruleset(**variables) -> str:
     variables.setdefault("ansible_facts", {"env": {}})
+    # The default collects the host's *_firewall_export facts, a lookup that
+    # needs a play; the cluster scenario checks it on real hosts.
+    variables.setdefault("firewall_dependent_rules", [])
     return render("firewall", "nftables.conf.j2", variables)
 
 

@@ -20,12 +20,31 @@ spec.loader.exec_module(lb_requests)
 def server():
     """A loopback server that answers like three instances in turn; /fail answers 502."""
     turn = count()
+    answered = count(1)
+    connections = []
 
     class Handler(BaseHTTPRequestHandler):
+        # HTTP/1.1: connections stay open between requests unless asked.
+        protocol_version = "HTTP/1.1"
+
+        def setup(self):
+            super().setup()
+            connections.append(self.client_address)
+
+        def do_POST(self):  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.do_GET()
+
         def do_GET(self):  # noqa: N802 - http.server's name
             if self.path == "/fail":
                 self.send_response(502)
+                self.send_header("Content-Length", "0")
                 self.end_headers()
+                return
+            # /drop: every third request gets its connection closed unanswered,
+            # as a server that closes an idle keep-alive connection does.
+            if self.path == "/drop" and next(answered) % 3 == 0:
+                self.close_connection = True
                 return
             body = json.dumps({"instance": f"fake:{8001 + next(turn) % 3}", "version": "9"}).encode()
             self.send_response(200)
@@ -38,10 +57,20 @@ def server():
             pass
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.connections = connections
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    yield Url(f"http://127.0.0.1:{httpd.server_address[1]}", connections)
     httpd.shutdown()
+
+
+class Url(str):
+    """The server's base URL, with the list of connections it accepted."""
+
+    def __new__(cls, value: str, connections: list):
+        url = super().__new__(cls, value)
+        url.connections = connections
+        return url
 
 
 def test_counts_each_instance(server):
@@ -99,3 +128,43 @@ def test_pause_paces_each_worker(server):
     assert result["requests"] == 10
     # 5 requests per worker, 0.1 s after each: at least 0.5 s in all.
     assert result["seconds"] >= 0.5
+
+
+def test_per_request_mode_opens_a_connection_per_request(server):
+    result = lb_requests.run(server + "/", requests=12, concurrency=2, timeout=5, max_seconds=30)
+    assert result["mode"] == "per-request"
+    assert result["ok"] == 12
+    assert len(server.connections) == 12
+
+
+def test_keepalive_mode_reuses_one_connection_per_worker(server):
+    result = lb_requests.run(server + "/", requests=30, concurrency=3, timeout=5, max_seconds=30, keepalive=True)
+    assert result["mode"] == "keepalive"
+    assert result["ok"] == 30
+    assert result["instances"] == {"fake:8001": 10, "fake:8002": 10, "fake:8003": 10}
+    assert len(server.connections) == 3
+
+
+def test_keepalive_mode_counts_a_dropped_connection_and_does_not_retry(server):
+    result = lb_requests.run(server + "/drop", requests=9, concurrency=1, timeout=5, max_seconds=30, keepalive=True)
+    assert result["requests"] == 9
+    assert result["failed"] == 3
+    assert result["statuses"] == {"0": 3, "200": 6}
+    assert result["errors"] == {"RemoteDisconnected": 3}
+    # One connection at first, and a new one after each drop but the last
+    # (requests 3, 6 and 9 were dropped).
+    assert len(server.connections) == 3
+
+
+@pytest.mark.parametrize("keepalive", [False, True])
+def test_post_is_sent_with_a_body(server, keepalive):
+    result = lb_requests.run(
+        server + "/", requests=6, concurrency=2, timeout=5, max_seconds=30, keepalive=keepalive, method="POST"
+    )
+    assert result["method"] == "POST"
+    assert result["ok"] == 6
+
+
+def test_the_run_reports_when_it_started_and_ended(server):
+    result = lb_requests.run(server + "/", requests=5, concurrency=1, timeout=5, max_seconds=30)
+    assert 0 < result["first_sent"] <= result["last_answer"]

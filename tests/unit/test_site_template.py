@@ -28,7 +28,7 @@ def server_options(config: str) -> dict[str, str]:
 
 
 def method_lines(config: str) -> list[str]:
-    skip = ("server ", "zone ", "keepalive ", "keepalive_timeout ")
+    skip = ("server ", "zone ", "keepalive ", "keepalive_timeout ", "keepalive_time ")
     return [line for line in upstream_lines(config) if not line.startswith(skip)]
 
 
@@ -128,6 +128,7 @@ def test_servers_get_the_role_level_passive_check_defaults(render_site):
 def test_weighted_servers_as_in_the_seed(render_site):
     host = {
         "inventory_hostname": "api1",
+        "api_advertised_address": "127.0.0.1",
         "api_endpoints": [
             {"address": "127.0.0.1", "port": 8001, "weight": 3},
             {"address": "127.0.0.1", "port": 8002, "weight": 2},
@@ -145,6 +146,7 @@ def test_weighted_servers_as_in_the_seed(render_site):
 def test_per_instance_options(render_site):
     host = {
         "inventory_hostname": "api1",
+        "api_advertised_address": "127.0.0.1",
         "api_endpoints": [
             {"address": "127.0.0.1", "port": 8001, "max_fails": 0, "fail_timeout": "5s", "max_conns": 50},
             {"address": "127.0.0.1", "port": 8002, "down": True},
@@ -227,3 +229,30 @@ def test_idle_upstream_connections_expire_before_a_failed_server_is_retried(rend
     assert "keepalive 32;" in lines
     assert "keepalive_timeout 1s;" in lines
     assert "max_fails=1 fail_timeout=2s" in " ".join(lines)
+
+
+def test_inventory_instances_win_over_published_endpoints(render_site):
+    # A run limited to the load balancers: the published endpoints are from an
+    # earlier run, api_instances is the inventory as it is now.
+    host = api_host("api1", "10.0.0.11", [8001, 8002, 8003], api_instances=[{"port": 9001, "weight": 2}])
+    assert server_options(render_site([host])) == {"10.0.0.11:9001": "weight=2 max_fails=1 fail_timeout=2s"}
+
+
+def test_drained_servers_are_rendered_down_and_nothing_else_changes(render_site):
+    hosts = [api_host("api1", "10.0.0.11", [8001, 8002]), api_host("api2", "fd00::12", [8001])]
+    plain = server_options(render_site(hosts))
+    drained = server_options(render_site(hosts, _nginx_lb_drained=["10.0.0.11:8002", "[fd00::12]:8001"]))
+    assert drained == {
+        "10.0.0.11:8001": plain["10.0.0.11:8001"],
+        "10.0.0.11:8002": plain["10.0.0.11:8002"] + " down",
+        "[fd00::12]:8001": plain["[fd00::12]:8001"] + " down",
+    }
+
+
+def test_keepalive_time_bounds_upstream_connections_where_nginx_has_it(render_site):
+    one = [api_host("api1", "127.0.0.1", [8001])]
+    assert "keepalive_time 5s;" in upstream_lines(render_site(one, _nginx_lb_version="1.22.1"))
+    assert "keepalive_time 7s;" in upstream_lines(render_site(one, nginx_lb_keepalive_time="7s"))
+    assert not any(
+        line.startswith("keepalive_time ") for line in upstream_lines(render_site(one, _nginx_lb_version="1.18.0"))
+    )

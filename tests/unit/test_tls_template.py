@@ -48,10 +48,10 @@ def test_mozilla_intermediate_profile(render_site):
 
 
 def test_http2_syntax_follows_the_nginx_version(render_site):
-    old = servers(render_site(API, _nginx_lb_http2_in_listen=True))[-1]
+    old = servers(render_site(API, _nginx_lb_version="1.22.1"))[-1]
     assert "listen 443 ssl http2 default_server;" in old
     assert "http2 on;" not in old
-    new = servers(render_site(API, _nginx_lb_http2_in_listen=False))[-1]
+    new = servers(render_site(API, _nginx_lb_version="1.26.3"))[-1]
     assert "http2 on;" in new
     assert "http2" not in new.split("http2 on;")[0]
     assert "http2" not in render_site(API, nginx_lb_http2=False)

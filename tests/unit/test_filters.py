@@ -1,0 +1,132 @@
+"""The roles' filters (plugins/filter/lb.py), as plain functions."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location(
+    "lb", Path(__file__).resolve().parents[2] / "plugins" / "filter" / "lb.py"
+)
+lb = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(lb)
+
+
+def test_interleave_takes_one_from_each_host_in_turn():
+    assert lb.interleave([["a1", "a2", "a3"], ["b1"], ["c1", "c2"]]) == ["a1", "b1", "c1", "a2", "c2", "a3"]
+    assert lb.interleave([]) == []
+    assert lb.interleave([[], ["b1"]]) == ["b1"]
+
+
+@pytest.mark.parametrize(
+    ("address", "bracketed"),
+    [("10.0.0.1", "10.0.0.1"), ("api1.example", "api1.example"), ("fd00::1", "[fd00::1]"), ("[::1]", "[::1]")],
+)
+def test_bracket_only_ipv6(address, bracketed):
+    assert lb.bracket(address) == bracketed
+
+
+def test_server_key_is_the_upstream_name_of_an_endpoint():
+    assert lb.server_key({"address": "10.0.0.1", "port": 8001, "weight": 3}) == "10.0.0.1:8001"
+    assert lb.server_key({"address": "fd00::1", "port": 8002}) == "[fd00::1]:8002"
+
+
+@pytest.mark.parametrize("value", ["10", "10s", "500ms", "1m", "2h", "1d", "1w", "1M", "1y"])
+def test_nginx_times(value):
+    assert lb.is_nginx_time(value)
+
+
+@pytest.mark.parametrize("value", ["", "s", "10 s", "1.5s", "10sec", "-1s", 10, None, "10S"])
+def test_not_nginx_times(value):
+    assert not lb.is_nginx_time(value)
+
+
+def test_nginx_version_from_nginx_v():
+    assert lb.nginx_version("nginx version: nginx/1.22.1\n") == "1.22.1"
+    assert lb.nginx_version("nginx version: nginx/1.26.3 (Debian)") == "1.26.3"
+    assert lb.nginx_version("sh: 1: nginx: not found") == "0"
+    assert lb.nginx_version("") == "0"
+
+
+def test_wheel_platforms_from_oldest_manylinux_to_the_host_glibc():
+    assert lb.wheel_platforms("x86_64", "2.19") == [
+        "manylinux2014_x86_64",
+        "manylinux_2_17_x86_64",
+        "manylinux_2_18_x86_64",
+        "manylinux_2_19_x86_64",
+    ]
+    tags = lb.wheel_platforms("aarch64", "2.41")
+    assert tags[0] == "manylinux2014_aarch64"
+    assert tags[-1] == "manylinux_2_41_aarch64"
+    assert len(tags) == 1 + 25
+    with pytest.raises(ValueError, match="glibc"):
+        lb.wheel_platforms("x86_64", "")
+
+
+def test_server_line_renders_options_in_a_fixed_order_and_drains():
+    server = {"address": "10.0.0.1", "port": 8001, "host": "api1", "backup": True, "weight": 3, "max_conns": 5}
+    assert lb.server_line(server, 1, "2s") == "10.0.0.1:8001 weight=3 max_fails=1 fail_timeout=2s max_conns=5 backup"
+    assert lb.server_line(server, 1, "2s", ["10.0.0.1:8001"]).endswith(" backup down")
+    assert (
+        lb.server_line({"address": "::1", "port": 1, "max_conns": 0, "down": False}, 0, "1s")
+        == "[::1]:1 max_fails=0 fail_timeout=1s"
+    )
+
+
+def test_server_option_errors_name_the_host_port_key_and_value():
+    servers = [
+        {"host": "api1", "address": "10.0.0.1", "port": 8001, "weight": 0, "fail_timeout": "2x"},
+        {"host": "api2", "address": "10.0.0.2", "port": 8002, "backup": "yes", "wieght": 2, "max_fails": -1},
+        {"host": "api2", "address": "10.0.0.2", "port": 8003, "weight": 2, "max_conns": 0, "down": True},
+    ]
+    assert lb.server_option_errors(servers) == [
+        "api_instances of api1, port 8001: weight must be an integer >= 1, got 0",
+        "api_instances of api1, port 8001: fail_timeout must be an nginx time such as 10s, 500ms or 1m, got '2x'",
+        "api_instances of api2, port 8002: backup must be true or false, got 'yes'",
+        "api_instances of api2, port 8002: wieght is not an upstream option"
+        " (known: weight, max_fails, fail_timeout, max_conns, backup, down)",
+        "api_instances of api2, port 8002: max_fails must be an integer >= 0, got -1",
+    ]
+    assert lb.server_option_errors([{"port": 1, "weight": True}]) == [
+        "api_instances of ?, port 1: weight must be an integer >= 1, got True"
+    ]
+
+
+def test_host_servers_prefer_the_inventory_to_the_published_endpoints():
+    published = {
+        "inventory_hostname": "api1",
+        "api_advertised_address": "10.0.0.1",
+        "api_endpoints": [{"port": 1, "address": "10.0.0.1"}],
+    }
+    assert lb.host_servers(published) == [{"port": 1, "address": "10.0.0.1", "host": "api1"}]
+    edited = {**published, "api_instances": [{"port": 2, "weight": 3}]}
+    assert lb.host_servers(edited) == [{"port": 2, "weight": 3, "address": "10.0.0.1", "host": "api1"}]
+
+
+def test_firewall_rule_checks():
+    rules = [
+        {"name": "ok", "ports": [1, 65535, "80"], "sources": ["0.0.0.0/0", "::/0", "10.0.0.1", "fd00::/8"]},
+        {"name": "bad", "ports": [0, 65536, "x"], "sources": ["10.0.0.300", "example.com"]},
+    ]
+    assert lb.firewall_bad_ports(rules) == ["bad: 0", "bad: 65536", "bad: x"]
+    assert lb.firewall_bad_sources(rules) == ["bad: 10.0.0.300", "bad: example.com"]
+
+
+def test_serving_keys_leave_out_down_backup_and_drained_servers():
+    servers = [
+        {"address": "10.0.0.1", "port": 1},
+        {"address": "10.0.0.1", "port": 2, "down": True},
+        {"address": "10.0.0.1", "port": 3, "backup": True},
+        {"address": "10.0.0.1", "port": 4, "down": False, "backup": False},
+    ]
+    assert lb.serving_keys(servers) == ["10.0.0.1:1", "10.0.0.1:4"]
+    assert lb.serving_keys(servers, ["10.0.0.1:4"]) == ["10.0.0.1:1"]
+    assert lb.serving_keys(servers, ["10.0.0.1:1", "10.0.0.1:4"]) == []
+
+
+def test_without_valid_port():
+    good = [{"port": 1}, {"port": 65535, "weight": 2}]
+    bad = [{"port": 0}, {"port": 65536}, {"weight": 2}, {"port": "8001"}, {"port": True}, {"port": 80.5}]
+    assert lb.without_valid_port(good + bad) == bad
