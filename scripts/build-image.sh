@@ -28,7 +28,16 @@ esac
 
 here="$(cd "$(dirname "$0")/.." && pwd)"
 image="ansible-lb-systemd:${distro}"
-mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+# Where debootstrap downloads from: DEBIAN_MIRROR, else the Debian archive
+# this controller's own apt sources use, else debootstrap's default.
+controller_mirror() {
+  {
+    sed -nE 's/^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?([^[:space:]]+).*/\2/p' \
+      /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null
+    sed -nE 's/^URIs:[[:space:]]*([^[:space:]]+).*/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null
+  } | grep -E '/debian/?$' | head -n 1 || true
+}
+mirror="${DEBIAN_MIRROR:-$(controller_mirror)}"
 # Packages every test host gets. Keep it close to a minimal cloud VM: what the
 # roles need beyond this they must install themselves.
 packages="systemd,systemd-sysv,dbus,sudo,python3,iproute2,procps,ca-certificates,curl,netbase"
@@ -58,10 +67,10 @@ else
     echo "build-image: no registry answers and debootstrap is missing (apt-get install debootstrap)" >&2
     exit 1
   }
-  echo "build-image: building $image with debootstrap from $mirror (no registry)"
+  echo "build-image: building $image with debootstrap from ${mirror:-debootstrap's default mirror} (no registry)"
   rootfs="$(mktemp -d /var/tmp/lab-rootfs.XXXXXX)"
   trap 'rm -rf "$rootfs"' EXIT
-  debootstrap --variant=minbase --include="$packages" "$release" "$rootfs" "$mirror" \
+  debootstrap --variant=minbase --include="$packages" "$release" "$rootfs" ${mirror:+"$mirror"} \
     >"$rootfs.log" 2>&1 || {
     tail -n 30 "$rootfs.log" >&2
     exit 1
@@ -73,7 +82,7 @@ else
     systemd-firstboot.service >/dev/null 2>&1 || true
   : >"$rootfs/etc/machine-id"
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
-  echo "deb $mirror $release main" >"$rootfs/etc/apt/sources.list"
+  if [ -n "$mirror" ]; then echo "deb $mirror $release main" >"$rootfs/etc/apt/sources.list"; fi
   tar -C "$rootfs" -c . | docker import \
     --change 'CMD ["/lib/systemd/systemd"]' \
     --change 'ENV container=docker' \

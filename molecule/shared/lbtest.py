@@ -1,9 +1,10 @@
 """Helpers shared by the Molecule scenarios' testinfra tests.
 
 `playbook()` re-runs the project's converge playbook from the controller
-against the scenario's hosts, with extra variables; `requests_from()` sends
-bounded requests from a test host with scripts/lb_requests.py and returns its
-JSON counts.
+against the scenario's hosts, with extra variables; `http()` sends one
+request from a test host; `requests_from()` and `Load` send bounded requests
+from a test host with scripts/lb_requests.py and return its JSON counts.
+The constants come from the roles' defaults, as the converged hosts have them.
 """
 
 from __future__ import annotations
@@ -15,12 +16,38 @@ import shlex
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
+
+import yaml
 
 PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).resolve().parents[2]))
 CONVERGE = PROJECT / "molecule" / "shared" / "converge.yml"
 ROLLING_UPDATE = PROJECT / "playbooks" / "rolling_update.yml"
+DRAIN = PROJECT / "playbooks" / "drain.yml"
 LB_REQUESTS = (PROJECT / "scripts" / "lb_requests.py").read_text()
+
+
+def _defaults(role: str) -> dict:
+    return yaml.safe_load((PROJECT / "roles" / role / "defaults" / "main.yml").read_text())
+
+
+API_NAME: str = _defaults("api")["api_name"]
+PORTS: tuple[int, ...] = tuple(instance["port"] for instance in _defaults("api")["api_instances"])
+SITE: str = _defaults("nginx_lb")["nginx_lb_site_name"]
+SITE_FILE = f"/etc/nginx/sites-available/{SITE}"
+# The site's certificate on a load balancer (self-signed by default).
+CERT = f"/etc/nginx/tls/{SITE}/fullchain.pem"
+
+
+def http(host, url: str, cacert: str | None = None, timeout: int = 10, method: str = "GET") -> tuple[int, str]:
+    """(status, body) of one request sent from the host with curl; status 0 when nothing answered.
+    HTTPS is verified against `cacert`, a path on the host, when given."""
+    args = ["curl", "-s", "-m", str(timeout), "-X", method, "-o", "/dev/stdout", "-w", "\\n%{http_code}"]
+    args += ["--cacert", cacert] if cacert else []
+    out = host.run(shlex.join([*args, url])).stdout
+    body, _, status = out.rpartition("\n")
+    return int(status or 0), body
 
 
 def playbook(
@@ -51,7 +78,9 @@ def get_host(name: str):
 def headers(host, url: str, cacert: str) -> dict[str, str]:
     """Response headers of a GET from the host (lower-case names) and the status line as `status`;
     HTTPS verified against `cacert`, a path on the host."""
-    out = host.check_output(f"curl -s -m 10 --cacert {cacert} -D - -o /dev/null '{url}'")
+    out = host.check_output(
+        shlex.join(["curl", "-s", "-m", "10", "--cacert", cacert, "-D", "-", "-o", "/dev/null", url])
+    )
     lines = out.replace("\r", "").splitlines()
     result = {"status": lines[0]}
     for line in lines[1:]:
@@ -105,7 +134,11 @@ class Load:
     requests in flight until the block ends (bounded by `max_seconds` and
     `max_requests` anyway; each worker pauses `pause` s between requests so
     the load does not starve the 2-core controller), then stops it and puts its JSON counts in
-    `load.result`.
+    `load.result`. `keepalive=True` reuses one connection per worker, like a
+    connection pool, and never retries; `method="POST"` sends POSTs.
+    On exit it asserts that the load spanned the event: its first request was
+    sent before the block's body started and its last answer came after it
+    ended, and at least `min_requests` were sent.
     """
 
     def __init__(
@@ -118,8 +151,14 @@ class Load:
         max_requests: int = 1_000_000,
         cacert: str | None = None,
         timeout: float = 5.0,
+        keepalive: bool = False,
+        method: str = "GET",
+        min_requests: int = 100,
     ):
         self.host = host
+        self.keepalive = keepalive
+        self.method = method
+        self.min_requests = min_requests
         self.cacert = cacert
         self.timeout = timeout
         self.pause = pause
@@ -128,7 +167,9 @@ class Load:
         self.max_seconds = max_seconds
         self.max_requests = max_requests
         self.result: dict = {}
-        self._dir = "/tmp/lbtest-load"
+        self._dir = f"/tmp/lbtest-load-{uuid.uuid4().hex[:12]}"
+        self.event_started = 0.0
+        self.event_ended = 0.0
 
     def __enter__(self) -> Load:
         d = self._dir
@@ -143,8 +184,10 @@ class Load:
                 f"--stop-file={d}/stop",
                 f"--pause={self.pause}",
                 f"--timeout={self.timeout}",
+                f"--method={self.method}",
             ]
             + ([f"--cacert={self.cacert}"] if self.cacert else [])
+            + (["--keepalive"] if self.keepalive else [])
         )
         self.host.run_expect(
             [0],
@@ -153,10 +196,12 @@ class Load:
         )
         # Let the load reach full concurrency before the event starts.
         time.sleep(1)
+        self.event_started = time.time()
         return self
 
     def __exit__(self, *exc) -> None:
         d = self._dir
+        self.event_ended = time.time()
         self.host.run_expect([0], f"touch {d}/stop")
         # Bounded wait: requests in flight finish within their 5 s timeout.
         self.host.run_expect(
@@ -165,4 +210,10 @@ class Load:
         out = self.host.check_output(f"cat {d}/result.json")
         assert out.strip(), self.host.check_output(f"cat {d}/stderr")
         self.result = json.loads(out.strip().splitlines()[-1])
+        self.host.run(f"rm -rf {d}")
         print(json.dumps(self.result, sort_keys=True))
+        if exc[0] is None:
+            # The load covered the event (the test host's clock is the controller's).
+            assert self.result["first_sent"] < self.event_started, (self.event_started, self.result)
+            assert self.result["last_answer"] > self.event_ended, (self.event_ended, self.result)
+            assert self.result["requests"] >= self.min_requests, self.result

@@ -8,14 +8,15 @@ outsider is the independent check of what each host lets through.
 from __future__ import annotations
 
 import json
+import os
 import time
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
-from lbtest import Load, get_host, playbook, recap, requests_from, tail
+import yaml
+from lbtest import API_NAME, CERT, PORTS, SITE_FILE, Load, get_host, http, playbook, recap, requests_from, tail
 
-SITE = "rag-photographie"
-PORTS = (8001, 8002, 8003)
 API_HOSTS = ("api1", "api2")
 LB_URL = "https://lb1/"
 # lb1's self-signed certificate, copied to the outsider to verify HTTPS.
@@ -25,7 +26,7 @@ CACERT = "/tmp/lb1-cert.pem"
 @pytest.fixture(scope="module")
 def hosts():
     found = {name: get_host(name) for name in ("lb1", "api1", "api2", "outsider")}
-    cert = found["lb1"].file(f"/etc/nginx/tls/{SITE}/fullchain.pem").content_string
+    cert = found["lb1"].file(CERT).content_string
     found["outsider"].run_expect([0], f"cat > {CACERT} <<'EOF'\n{cert}EOF")
     return found
 
@@ -43,8 +44,7 @@ def resolve(host, name: str) -> str:
 
 def status_from(host, url: str) -> int:
     """HTTP status of a GET from the host; 0 when no connection was made."""
-    cacert = f"--cacert {CACERT} " if host.file(CACERT).exists else ""
-    return int(host.check_output(f"curl -s {cacert}-o /dev/null -m 5 -w '%{{http_code}}' {url} || true") or 0)
+    return http(host, url, cacert=CACERT if url.startswith("https:") else None, timeout=5)[0]
 
 
 def test_outsider_reaches_the_load_balancer(hosts):
@@ -144,6 +144,29 @@ def test_firewall_switched_off_and_on(hosts):
     assert scan(hosts["outsider"], "api1", "8001")[8001] == "filtered"
 
 
+def test_an_inventory_edit_reaches_the_upstream_in_a_run_limited_to_the_load_balancer(hosts):
+    """api1's address is cached from the converge; its api_instances is edited in
+    the inventory (a host_vars file) and only lb1 is in the run. The upstream must
+    be the edited one: the cache cannot hide an inventory edit."""
+    host_vars = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent / "host_vars"
+    host_vars.mkdir(exist_ok=True)
+    edited = host_vars / "api1.yml"
+    assert not edited.exists()
+    api1 = resolve(hosts["lb1"], "api1")
+    edited.write_text(yaml.safe_dump({"api_instances": [*({"port": p} for p in PORTS), {"port": 8009, "weight": 2}]}))
+    try:
+        run = playbook("--limit", "lb1", "--tags", "loadbalancers")
+        assert run.returncode == 0, tail(run)
+        assert set(recap(run)) == {"lb1"}, tail(run)
+        site = hosts["lb1"].file(SITE_FILE).content_string
+    finally:
+        edited.unlink()
+        restored = playbook("--limit", "lb1", "--tags", "loadbalancers")
+    assert f"server {api1}:8009 weight=2 " in site, site
+    assert restored.returncode == 0, tail(restored)
+    assert "8009" not in hosts["lb1"].file(SITE_FILE).content_string
+
+
 def test_scale_out_and_back_in_without_failed_requests(hosts):
     four = [{"port": port} for port in (*PORTS, 8004)]
     with Load(hosts["outsider"], LB_URL, concurrency=10, cacert=CACERT) as out:
@@ -163,11 +186,11 @@ def test_scale_out_and_back_in_without_failed_requests(hosts):
     result = requests_from(hosts["outsider"], LB_URL, 60, cacert=CACERT)
     assert sorted(result["instances"]) == sorted(f"{a}:{p}" for a in API_HOSTS for p in PORTS), result
     for api in API_HOSTS:
-        unit = hosts[api].service(f"{SITE}@8004")
+        unit = hosts[api].service(f"{API_NAME}@8004")
         assert not unit.is_running
         assert not unit.is_enabled
     assert status_from(hosts["lb1"], "http://api1:8004/health") == 0
-    assert "8004" not in hosts["lb1"].file(f"/etc/nginx/sites-available/{SITE}").content_string
+    assert "8004" not in hosts["lb1"].file(SITE_FILE).content_string
 
 
 def test_stopping_a_whole_api_host(hosts):

@@ -6,21 +6,13 @@ import json
 from collections import Counter
 
 import pytest
-from lbtest import headers
-
-SITE = "rag-photographie"
-PORTS = (8001, 8002, 8003)
-
-
-CERT = f"/etc/nginx/tls/{SITE}/fullchain.pem"
+from lbtest import CERT, PORTS, SITE, headers, http
 
 
 def curl(host, path: str, scheme: str = "https") -> tuple[int, str]:
     """GET <scheme>://localhost<path> on the host, HTTPS verified against the
     site's self-signed certificate; return (status, body)."""
-    out = host.check_output(f"curl -s --cacert {CERT} -o /dev/stdout -w '\\n%{{http_code}}' {scheme}://localhost{path}")
-    body, _, status = out.rpartition("\n")
-    return int(status), body
+    return http(host, f"{scheme}://localhost{path}", cacert=CERT)
 
 
 def test_nginx_active_enabled_and_config_valid(host):

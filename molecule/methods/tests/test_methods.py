@@ -11,9 +11,8 @@ import json
 import time
 
 import pytest
-from lbtest import playbook, recap, requests_from, said, tail
+from lbtest import API_NAME, PORTS, SITE, SITE_FILE, playbook, recap, requests_from, said, tail
 
-SITE = "rag-photographie"
 URL = "http://localhost/"
 THREE = [{"port": 8001}, {"port": 8002}, {"port": 8003}]
 
@@ -26,7 +25,7 @@ def apply(**extra_vars) -> None:
 
 def instance_names(host) -> list[str]:
     hostname = host.check_output("hostname")
-    return [f"{hostname}:{port}" for port in (8001, 8002, 8003)]
+    return [f"{hostname}:{port}" for port in PORTS]
 
 
 @pytest.fixture
@@ -36,8 +35,8 @@ def stopped(host):
 
     def stop(*ports: int) -> None:
         for port in ports:
-            units.append(f"{SITE}@{port}")
-            host.run_expect([0], f"systemctl stop {SITE}@{port}")
+            units.append(f"{API_NAME}@{port}")
+            host.run_expect([0], f"systemctl stop {API_NAME}@{port}")
 
     yield stop
     for unit in units:
@@ -132,7 +131,7 @@ def test_failover_with_one_instance_stopped(host, stopped):
 
 def test_rejected_config_is_rolled_back_and_nginx_keeps_serving(host):
     apply(nginx_lb_method="round_robin")
-    site = f"/etc/nginx/sites-available/{SITE}"
+    site = SITE_FILE
     before_config = host.file(site).sha256sum
     before = requests_from(host, URL, 20)
     assert before["failed"] == 0, before
@@ -151,16 +150,16 @@ def test_rejected_config_is_rolled_back_and_nginx_keeps_serving(host):
 
 
 def test_bad_input_fails_before_any_host_changes(host):
-    site = host.file(f"/etc/nginx/sites-available/{SITE}").sha256sum
-    unit = host.file(f"/etc/systemd/system/{SITE}@.service").sha256sum
+    site = host.file(SITE_FILE).sha256sum
+    unit = host.file(f"/etc/systemd/system/{API_NAME}@.service").sha256sum
     run = playbook(extra_vars={"api_instances": [{"port": 8001, "weight": 0}], "api_version": "9.9.9"})
     assert run.returncode != 0, tail(run)
     assert "api_instances on" in said(run), tail(run)
     assert "weight must be an integer >= 1" in said(run), tail(run)
     assert all(c["changed"] == 0 for c in recap(run).values()), tail(run)
-    assert host.file(f"/etc/nginx/sites-available/{SITE}").sha256sum == site
-    assert host.file(f"/etc/systemd/system/{SITE}@.service").sha256sum == unit
-    assert host.service(f"{SITE}@8003").is_running
+    assert host.file(SITE_FILE).sha256sum == site
+    assert host.file(f"/etc/systemd/system/{API_NAME}@.service").sha256sum == unit
+    assert host.service(f"{API_NAME}@8003").is_running
 
 
 def test_default_method_restored_at_the_end(host):

@@ -15,9 +15,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from lbtest import get_host, headers, playbook, recap, said, tail
+from lbtest import SITE, get_host, headers, playbook, recap, said, tail
 
-SITE = "rag-photographie"
 LB = "lb-tls"
 ROOT = "/tmp/pebble-root.pem"
 
