@@ -154,8 +154,9 @@ def test_bad_input_fails_before_any_host_changes(host):
     unit = host.file(f"/etc/systemd/system/{API_NAME}@.service").sha256sum
     run = playbook(extra_vars={"api_instances": [{"port": 8001, "weight": 0}], "api_version": "9.9.9"})
     assert run.returncode != 0, tail(run)
-    assert "api_instances on" in said(run), tail(run)
-    assert "weight must be an integer >= 1" in said(run), tail(run)
+    assert f"api_instances of {host.backend.host}, port 8001: weight must be an integer >= 1, got 0" in said(run), tail(
+        run
+    )
     assert all(c["changed"] == 0 for c in recap(run).values()), tail(run)
     assert host.file(SITE_FILE).sha256sum == site
     assert host.file(f"/etc/systemd/system/{API_NAME}@.service").sha256sum == unit
