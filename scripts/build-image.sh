@@ -67,7 +67,7 @@ else
     echo "build-image: no registry answers and debootstrap is missing (apt-get install debootstrap)" >&2
     exit 1
   }
-  echo "build-image: building $image with debootstrap from ${mirror:-debootstrap's default mirror} (no registry)"
+  echo "build-image: building $image with debootstrap from ${mirror:-the default mirror of debootstrap} (no registry)"
   rootfs="$(mktemp -d /var/tmp/lab-rootfs.XXXXXX)"
   trap 'rm -rf "$rootfs"' EXIT
   debootstrap --variant=minbase --include="$packages" "$release" "$rootfs" ${mirror:+"$mirror"} \
