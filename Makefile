@@ -27,6 +27,7 @@ lab-destroy:
 	ansible-playbook lab/destroy.yml
 
 lint:
+	for script in scripts/*.sh .ci/run; do bash -n "$$script"; done
 	yamllint --strict .
 	ansible-lint --profile production
 	ruff check .
