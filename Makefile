@@ -7,8 +7,12 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PYTHONDONTWRITEBYTECODE := 1
 
-# Molecule scenarios and the distros each one runs on in `make test`.
-SCENARIOS ?= default methods cluster tls rolling
+# Molecule scenarios in `make test`, in two lanes that run at the same time
+# (scripts/molecule-lanes.sh): most of a run waits on `docker exec`, so two
+# fit on 2 cores. A lane runs its scenarios in turn; scenario:distro picks
+# the distro (default debian12). The heavy load tests of rolling and cluster
+# fall in different stretches of the two lanes.
+MOLECULE_LANES ?= "rolling default:debian12 methods" "default:debian13 tls cluster"
 DEFAULT_DISTROS ?= debian12 debian13
 
 .PHONY: setup lab lab-destroy test lint unit input molecule clean
@@ -41,13 +45,7 @@ input:
 	pytest -q -p no:cacheprovider -n 2 tests/input
 
 molecule:
-	for scenario in $(SCENARIOS); do \
-	  if [ "$$scenario" = default ]; then distros="$(DEFAULT_DISTROS)"; else distros=debian12; fi; \
-	  for distro in $$distros; do \
-	    echo "=== molecule test -s $$scenario ($$distro)"; \
-	    MOLECULE_DISTRO=$$distro molecule test -s $$scenario; \
-	  done; \
-	done
+	scripts/molecule-lanes.sh $(MOLECULE_LANES)
 
 test: setup lint unit input molecule
 
