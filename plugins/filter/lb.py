@@ -14,37 +14,24 @@ from typing import Any
 NGINX_TIME = re.compile(r"^[0-9]+(ms|s|m|h|d|w|M|y)?$")
 
 
-# Upstream server options an api_instances entry may carry, and the check of
-# each value. The one table to extend for a new option; the server line is
-# rendered from it too, in this order.
-def _int_at_least(low: int):
-    def check(value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
-    check.__doc__ = f"an integer >= {low}"
-    return check
-
-
-def _bool(value: Any) -> bool:
-    return isinstance(value, bool)
-
-
-_bool.__doc__ = "true or false"
+def _is_int_at_least(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
 def _nginx_time(value: Any) -> bool:
     return isinstance(value, str) and bool(NGINX_TIME.match(value))
 
 
-_nginx_time.__doc__ = "an nginx time such as 10s, 500ms or 1m"
-
+# Upstream server options an api_instances entry may carry: the check of each
+# value and what the check wants, for the message. The one table to extend
+# for a new option, with its rendering in server_line().
 SERVER_OPTIONS = {
-    "weight": _int_at_least(1),
-    "max_fails": _int_at_least(0),
-    "fail_timeout": _nginx_time,
-    "max_conns": _int_at_least(0),
-    "backup": _bool,
-    "down": _bool,
+    "weight": (lambda value: _is_int_at_least(value, 1), "an integer >= 1"),
+    "max_fails": (lambda value: _is_int_at_least(value, 0), "an integer >= 0"),
+    "fail_timeout": (_nginx_time, "an nginx time such as 10s, 500ms or 1m"),
+    "max_conns": (lambda value: _is_int_at_least(value, 0), "an integer >= 0"),
+    "backup": (lambda value: isinstance(value, bool), "true or false"),
+    "down": (lambda value: isinstance(value, bool), "true or false"),
 }
 # Keys of an upstream server that are not options: the api_instances port, and
 # what lb_host_servers adds (the published address, the inventory host).
@@ -104,12 +91,13 @@ def server_option_errors(servers: Iterable[Mapping[str, Any]]) -> list[str]:
         for key, value in server.items():
             if key in INSTANCE_KEYS:
                 continue
-            check = SERVER_OPTIONS.get(key)
             prefix = f"{where}: {key}"
-            if check is None:
+            if key not in SERVER_OPTIONS:
                 errors.append(f"{prefix} is not an upstream option (known: {', '.join(SERVER_OPTIONS)})")
-            elif not check(value):
-                errors.append(f"{prefix} must be {check.__doc__}, got {value!r}")
+                continue
+            check, wanted = SERVER_OPTIONS[key]
+            if not check(value):
+                errors.append(f"{prefix} must be {wanted}, got {value!r}")
     return errors
 
 
