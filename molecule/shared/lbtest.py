@@ -50,22 +50,31 @@ def http(host, url: str, cacert: str | None = None, timeout: int = 10, method: s
     return int(status or 0), body
 
 
+def playbook_command(*args: str, path: Path = CONVERGE) -> list[str]:
+    """ansible-playbook on the scenario's inventory with the converge playbook (or `path`)."""
+    inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
+    return [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory), str(path), *args]
+
+
+def ansible_command() -> list[str]:
+    """ad-hoc `ansible` on the scenario's inventory; add the pattern and module."""
+    inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
+    return [str(Path(sys.executable).parent / "ansible"), "-i", str(inventory)]
+
+
+def playbook_env(**extra: str) -> dict[str, str]:
+    """The test's environment, output without colour, plus `extra`."""
+    return {**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1", **extra}
+
+
 def playbook(
     *args: str, extra_vars: dict | None = None, timeout: int = 900, path: Path = CONVERGE
 ) -> subprocess.CompletedProcess:
     """Run the converge playbook (or `path`) on the scenario's inventory; output without colour."""
-    inventory = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent
-    command = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory), str(path), *args]
+    command = playbook_command(*args, path=path)
     if extra_vars is not None:
         command += ["-e", json.dumps(extra_vars)]
-    return subprocess.run(
-        command,
-        env={**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return subprocess.run(command, env=playbook_env(), capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def get_host(name: str):
@@ -98,6 +107,18 @@ def recap(run: subprocess.CompletedProcess) -> dict[str, dict[str, int]]:
         if match:
             hosts[match.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(2))}
     return hosts
+
+
+def changed_tasks(run: subprocess.CompletedProcess) -> set[str]:
+    """Names of the tasks that reported a change ("changed: [host]") in a playbook run."""
+    changed, task = set(), ""
+    for line in run.stdout.splitlines():
+        match = re.match(r"^TASK \[(.*)\] \**$", line)
+        if match:
+            task = match.group(1)
+        elif line.startswith("changed: ["):
+            changed.add(task)
+    return changed
 
 
 def said(run: subprocess.CompletedProcess) -> str:
