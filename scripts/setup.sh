@@ -66,6 +66,9 @@ if ! docker info >/dev/null 2>&1; then
 fi
 say "docker engine $(docker version -f '{{.Server.Version}}') is running"
 
+# --- SSH client (the ssh scenario and bench-converge connect over SSH) -------
+command -v ssh >/dev/null && command -v ssh-keyscan >/dev/null || apt_install openssh-client
+
 # --- Test images -------------------------------------------------------------
 command -v debootstrap >/dev/null || apt_install debootstrap
 for distro in $distros; do
