@@ -110,10 +110,10 @@ def recap(run: subprocess.CompletedProcess) -> dict[str, dict[str, int]]:
 
 
 def changed_tasks(run: subprocess.CompletedProcess) -> set[str]:
-    """Names of the tasks that reported a change ("changed: [host]") in a playbook run."""
+    """Names of the tasks and handlers that reported a change ("changed: [host]") in a playbook run."""
     changed, task = set(), ""
     for line in run.stdout.splitlines():
-        match = re.match(r"^TASK \[(.*)\] \**$", line)
+        match = re.match(r"^(?:TASK|RUNNING HANDLER) \[(.*)\] \**$", line)
         if match:
             task = match.group(1)
         elif line.startswith("changed: ["):

@@ -34,6 +34,12 @@ def test_the_stack_comes_back_by_itself_after_a_restart(host):
         2 + len(units)
     )
     assert snapshot(host) == before
+    # The units are active before uvicorn listens: wait (bounded) until each answers.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if all(http(host, f"http://127.0.0.1:{port}/health", timeout=2)[0] == 200 for port in PORTS):
+            break
+        time.sleep(1)
     counts: Counter[str] = Counter()
     for _ in range(30):
         status, body = http(host, "https://localhost/", cacert=CERT)

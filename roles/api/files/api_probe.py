@@ -1,7 +1,8 @@
 # The api role's probe: everything the role needs to know about a host, read
 # in one call (tasks/install.yml runs it with the host's python3 -c). It
 # changes nothing. Argument: a JSON object with
-#   name, ports, packages, health_host, health_path, drain_table, release_file, src.
+#   name, ports, packages, health_host, health_path, drain_table, release_file, src,
+#   user, group, root, files.
 # Prints one JSON object:
 #   python, machine, glibc   the wheelhouse's target (tasks/wheelhouse.yml)
 #   missing_packages         packages of `packages` dpkg does not have installed
@@ -9,13 +10,20 @@
 #                            instances and every other loaded name@PORT unit
 #   health                   {port: {status, version}} of each configured port
 #   refused                  ports the drain command refuses
+#   account                  whether user and group exist as the role makes them
+#                            (system ids, the user's group, home, nologin shell)
+#   root                     owner, group and mode of the install directory
+#   files                    {path: "sha1 uid gid mode"} of each of `files` that
+#                            exists, compared with what the role would write
 #   release                  the release the virtualenv was installed from
 #   src_digest               digest of the installed app source, the same walk
 #                            as files/api_release.py (which builds the release)
+import grp
 import hashlib
 import json
 import os
 import platform
+import pwd
 import re
 import subprocess
 import sys
@@ -84,6 +92,34 @@ for relative, file_digest in sorted(files):
 src_digest = total.hexdigest() if os.path.isdir(args["src"]) else ""
 
 try:
+    group = grp.getgrnam(args["group"])
+    user = pwd.getpwnam(args["user"])
+    account = (
+        group.gr_gid < 1000
+        and user.pw_uid < 1000
+        and user.pw_gid == group.gr_gid
+        and user.pw_dir == args["root"]
+        and user.pw_shell == "/usr/sbin/nologin"
+    )
+except KeyError:
+    account = False
+try:
+    stat = os.stat(args["root"])
+    root = [stat.st_uid, stat.st_gid, oct(stat.st_mode & 0o7777)]
+except OSError:
+    root = []
+
+files = {}
+for path in args["files"]:
+    try:
+        with open(path, "rb") as handle:
+            file_digest = hashlib.sha1(handle.read()).hexdigest()  # noqa: S324 - Ansible's own file checksum
+        stat = os.stat(path)
+        files[path] = f"{file_digest} {stat.st_uid} {stat.st_gid} {stat.st_mode & 0o7777:o}"
+    except OSError:
+        pass
+
+try:
     with open(args["release_file"], encoding="utf-8") as marker:
         release = marker.read().strip()
 except OSError:
@@ -99,6 +135,9 @@ print(
             "units": state,
             "health": health,
             "refused": sorted(refused),
+            "account": account,
+            "root": root,
+            "files": files,
             "release": release,
             "src_digest": src_digest,
         }

@@ -4,7 +4,8 @@
 # what it holds, so an unchanged release is built once and compared as one
 # file. Argument: a JSON object with source, requirements, wheelhouse (a tar
 # file, or "" for an index install), target (extra text for the digest),
-# cache_dir. Prints {"id", "path", "src_digest"}.
+# cache_dir. Prints {"id", "path", "sha1", "src_digest"}; sha1 is the file's
+# checksum as Ansible computes it.
 # src_digest uses the same walk as files/api_probe.py, which computes it on the
 # host, so a hand-edited install is found and replaced.
 import hashlib
@@ -88,4 +89,6 @@ if not os.path.exists(path):
     os.chmod(partial, 0o644)
     os.replace(partial, path)
 
-print(json.dumps({"id": release, "path": path, "src_digest": src_digest}))
+with open(path, "rb") as handle:
+    sha1 = hashlib.sha1(handle.read()).hexdigest()  # noqa: S324 - Ansible's own file checksum
+print(json.dumps({"id": release, "path": path, "sha1": sha1, "src_digest": src_digest}))
