@@ -8,13 +8,13 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PYTHONDONTWRITEBYTECODE := 1
 
-# Molecule scenarios and the distros each one runs on in `make test`: two
-# lanes at the same time, then the rolling scenario alone (its timed checks,
-# e.g. kill -9 back in rotation within 5 s under load, need the machine to
-# itself). scripts/molecule-lanes.sh runs them.
-MOLECULE_LANE_A ?= default:debian12 default:debian13 methods tls
-MOLECULE_LANE_B ?= cluster ssh
-MOLECULE_ALONE ?= rolling
+# The test steps of `make test` and the distros each scenario runs on: two
+# lanes at the same time (scripts/test-lanes.sh), balanced by their measured
+# times, then the rolling scenario alone (its timed checks, e.g. kill -9 back
+# in rotation within 5 s under load, need the machine to itself).
+TEST_LANE_A ?= make:lint make:unit cluster default:debian13 methods
+TEST_LANE_B ?= make:input ssh default:debian12 tls
+TEST_ALONE ?= rolling
 
 .PHONY: setup lab lab-destroy test test-quick lint unit input molecule bench bench-converge clean
 
@@ -58,10 +58,13 @@ unit:
 input:
 	pytest -q -p no:cacheprovider -n 2 tests/input
 
+# Every Molecule scenario, in the same lanes as `make test`.
 molecule:
-	scripts/molecule-lanes.sh --lane "$(MOLECULE_LANE_A)" --lane "$(MOLECULE_LANE_B)" --alone "$(MOLECULE_ALONE)"
+	scripts/test-lanes.sh --lane "$(filter-out make:%,$(TEST_LANE_A))" \
+	  --lane "$(filter-out make:%,$(TEST_LANE_B))" --alone "$(TEST_ALONE)"
 
-test: setup lint unit input molecule
+test: setup
+	scripts/test-lanes.sh --lane "$(TEST_LANE_A)" --lane "$(TEST_LANE_B)" --alone "$(TEST_ALONE)"
 
 # The edit loop: lint, unit tests, the bad-input table and the seed topology
 # on Debian 12.
