@@ -181,6 +181,12 @@ CASES = [
         r"nginx_lb_hsts_max_age=86400 is shorter than 180 days",
     ),
     ("rate limit not a rate", {"nginx_lb_rate_limit": "fast"}, None, r"nginx_lb_rate_limit must be empty or a rate"),
+    (
+        "access log buffer not a size",
+        {"nginx_lb_access_log_buffer": "lots"},
+        None,
+        r"nginx_lb_access_log_buffer must be empty or an nginx size such as 64k, .* \(got 'lots', '1s'\)",
+    ),
     ("acme without names", {"nginx_lb_tls_mode": "acme"}, None, r"nginx_lb_tls_mode=acme needs DNS names"),
     ("unknown tls mode", {"nginx_lb_tls_mode": "letsencrypt"}, None, r"nginx_lb_tls_mode.*selfsigned, provided, acme"),
     (

@@ -203,9 +203,15 @@ def test_stub_status_is_loopback_only(render_site):
 
 def test_per_site_logs(render_site):
     config = render_site([api_host("api1", "127.0.0.1", [8001])], nginx_lb_site_name="shop")
-    assert "access_log /var/log/nginx/shop-access.log;" in config
+    assert "access_log /var/log/nginx/shop-access.log combined buffer=64k flush=1s;" in config
     assert "error_log /var/log/nginx/shop-error.log;" in config
     assert "upstream shop_backend {" in config
+
+
+def test_access_log_unbuffered_when_asked(render_site):
+    config = render_site([api_host("api1", "127.0.0.1", [8001])], nginx_lb_access_log_buffer="")
+    lines = sorted({line.strip() for line in config.splitlines() if line.strip().startswith("access_log /")})
+    assert lines == ["access_log /var/log/nginx/rag-photographie-access.log;"]
 
 
 def test_ipv6_listener_follows_the_switch(render_site):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 
 import pytest
@@ -83,6 +84,10 @@ def test_access_log_receives_the_requests(host):
     log = f"/var/log/nginx/{SITE}-access.log"
     marker = "/health?probe=access-log-test"
     curl(host, marker)
+    # Buffered: the line is written within nginx_lb_access_log_flush (1 s).
+    deadline = time.monotonic() + 5
+    while marker not in host.file(log).content_string and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert marker in host.file(log).content_string
 
 
