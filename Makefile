@@ -66,10 +66,10 @@ molecule:
 test: setup
 	scripts/test-lanes.sh --lane "$(TEST_LANE_A)" --lane "$(TEST_LANE_B)" --alone "$(TEST_ALONE)"
 
-# The edit loop: lint, unit tests, the bad-input table and the seed topology
-# on Debian 12.
-test-quick: setup lint unit input
-	MOLECULE_DISTRO=debian12 molecule test -s default
+# The edit loop: lint, unit tests and the bad-input table in one lane, the
+# seed topology on Debian 12 in the other.
+test-quick: setup
+	scripts/test-lanes.sh --lane "make:lint make:unit make:input" --lane "default:debian12"
 
 clean: lab-destroy
 	rm -rf .venv .cache
