@@ -1,4 +1,4 @@
-# Build a release of the app on the controller (tasks/release.yml runs it):
+# Build a release of the app on the controller (tasks/install.yml runs it):
 # one tar file holding the app source directory under src/, the pinned requirements and,
 # for a wheelhouse install, the wheels under wheels/. Its name is a digest of
 # what it holds, so an unchanged release is built once and compared as one
