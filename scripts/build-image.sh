@@ -69,6 +69,10 @@ else
   }
   echo "build-image: building $image with debootstrap from ${mirror:-the default mirror of debootstrap} (no registry)"
   rootfs="$(mktemp -d /var/tmp/lab-rootfs.XXXXXX)"
+  # mktemp makes it 0700, and the archive's "." gives the image's / that
+  # mode: with the vfs storage driver (Docker inside a test host) no user but
+  # root could then run anything.
+  chmod 0755 "$rootfs"
   trap 'rm -rf "$rootfs"' EXIT
   debootstrap --variant=minbase --include="$packages" "$release" "$rootfs" ${mirror:+"$mirror"} \
     >"$rootfs.log" 2>&1 || {
