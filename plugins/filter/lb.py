@@ -166,6 +166,42 @@ def firewall_bad_sources(rules: Iterable[Mapping[str, Any]]) -> list[str]:
     return bad
 
 
+def compose_service(instance: Mapping[str, Any] | int) -> str:
+    """The Compose service of one api_instances entry, or of its port: api-<port>."""
+    port = instance["port"] if isinstance(instance, Mapping) else int(instance)
+    return f"api-{port}"
+
+
+def compose_servers(instances: Iterable[Mapping[str, Any]], host: str) -> list[dict[str, Any]]:
+    """The upstream servers of a Compose host: each api_instances entry at its
+    service name, which Docker's DNS resolves on the project network."""
+    return [{**dict(instance), "address": compose_service(instance), "host": host} for instance in instances]
+
+
+def compose_address(port: int, subnet: str) -> str:
+    """The fixed address of the service of `port` on the project network: the
+    same after every re-creation, so nginx's resolved upstream stays right.
+    Hosts 1-9 are left to Docker (the gateway is the first)."""
+    network = ipaddress.ip_network(subnet)
+    usable = network.num_addresses - 11
+    if usable < 1:
+        raise ValueError(f"subnet {subnet} is too small for the Compose services")
+    return str(network.network_address + 10 + port % usable)
+
+
+def compose_outdated(services: Iterable[str], probe: Mapping[str, Any], image: str) -> list[str]:
+    """The services to (re)create, in order: those the probe (compose_probe.py)
+    found missing, stopped or changed in compose.yaml, and those whose container
+    runs another image than `image`, the id of the current API image."""
+    status = probe.get("status", {})
+    running = probe.get("services", {})
+    return [
+        name
+        for name in services
+        if status.get(name, "missing") != "current" or running.get(name, {}).get("image") != image
+    ]
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
@@ -182,4 +218,8 @@ class FilterModule:
             "lb_is_nginx_time": is_nginx_time,
             "lb_firewall_bad_ports": firewall_bad_ports,
             "lb_firewall_bad_sources": firewall_bad_sources,
+            "lb_compose_service": compose_service,
+            "lb_compose_servers": compose_servers,
+            "lb_compose_address": compose_address,
+            "lb_compose_outdated": compose_outdated,
         }

@@ -130,3 +130,34 @@ def test_without_valid_port():
     good = [{"port": 1}, {"port": 65535, "weight": 2}]
     bad = [{"port": 0}, {"port": 65536}, {"weight": 2}, {"port": "8001"}, {"port": True}, {"port": 80.5}]
     assert lb.without_valid_port(good + bad) == bad
+
+
+def test_compose_servers_use_the_service_name_and_keep_the_options():
+    servers = lb.compose_servers([{"port": 8001, "weight": 3}, {"port": 8002}], "docker1")
+    assert [lb.server_key(server) for server in servers] == ["api-8001:8001", "api-8002:8002"]
+    assert lb.server_line(servers[0], 1, "2s") == "api-8001:8001 weight=3 max_fails=1 fail_timeout=2s"
+    assert servers[1]["host"] == "docker1"
+    assert lb.compose_service(8002) == lb.compose_service({"port": 8002}) == "api-8002"
+
+
+def test_compose_address_is_fixed_per_port_and_inside_the_subnet():
+    assert lb.compose_address(8001, "172.29.83.0/24") == f"172.29.83.{10 + 8001 % 245}"
+    assert lb.compose_address(8001, "172.29.83.0/24") != lb.compose_address(8002, "172.29.83.0/24")
+    assert lb.compose_address(8001, "10.9.0.0/16").startswith("10.9.")
+    with pytest.raises(ValueError, match="too small"):
+        lb.compose_address(8001, "172.29.83.0/29")
+
+
+def test_compose_outdated_keeps_the_order_and_names_every_reason():
+    probe = {
+        "status": {"api-1": "current", "api-2": "changed", "api-3": "current", "api-4": "current"},
+        "services": {
+            "api-1": {"image": "sha256:new"},
+            "api-2": {"image": "sha256:new"},
+            "api-3": {"image": "sha256:old"},
+            "api-4": {"image": "sha256:new"},
+        },
+    }
+    services = ["api-5", "api-4", "api-3", "api-2", "api-1"]
+    assert lb.compose_outdated(services, probe, "sha256:new") == ["api-5", "api-3", "api-2"]
+    assert lb.compose_outdated(["api-1"], probe, "sha256:newer") == ["api-1"]
