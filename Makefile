@@ -8,12 +8,14 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PYTHONDONTWRITEBYTECODE := 1
 
-# The test steps of `make test` and the distros each scenario runs on: two
+# The test steps of `make test` and the distros each scenario runs on: three
 # lanes at the same time (scripts/test-lanes.sh), balanced by their measured
-# times, then the rolling scenario alone (its timed checks, e.g. kill -9 back
+# times (much of a scenario is waiting: boots, health checks, drains), then
+# the rolling scenario alone (its timed checks, e.g. kill -9 back
 # in rotation within 5 s under load, need the machine to itself).
-TEST_LANE_A ?= make:lint make:unit cluster default:debian13 methods
+TEST_LANE_A ?= make:lint make:unit cluster methods
 TEST_LANE_B ?= make:input ssh default:debian12 tls
+TEST_LANE_C ?= compose:debian13 default:debian13
 TEST_ALONE ?= rolling
 
 .PHONY: setup lab lab-destroy test test-quick lint unit input molecule bench bench-converge clean
@@ -23,10 +25,15 @@ setup:
 
 LAB_DISTRO ?= debian12
 export LAB_DISTRO
+# LAB_VARIANT=compose: the stack as one Docker Compose project on a Debian 13
+# lab host, pulling its base images from a lab registry (inventory/lab-compose).
+LAB_VARIANT ?= systemd
+LAB_INVENTORY := $(if $(filter compose,$(LAB_VARIANT)),-i inventory/lab-compose,)
 
 lab: setup
-	ansible-playbook lab/create.yml
-	ansible-playbook site.yml lab/proof.yml
+	ansible-playbook $(LAB_INVENTORY) lab/create.yml
+	$(if $(filter compose,$(LAB_VARIANT)),ansible-playbook $(LAB_INVENTORY) lab/registry.yml)
+	ansible-playbook $(LAB_INVENTORY) site.yml lab/proof.yml
 
 # Data plane: wrk on the lab host, plain HTTP, through nginx against the same
 # connections spread directly over the instances (lab/bench.yml). The lab is
@@ -42,7 +49,7 @@ bench-converge: setup
 	scripts/bench-converge.sh
 
 lab-destroy:
-	ansible-playbook lab/destroy.yml
+	ansible-playbook $(LAB_INVENTORY) lab/destroy.yml
 
 lint:
 	for script in scripts/*.sh .ci/run; do bash -n "$$script"; done
@@ -61,10 +68,10 @@ input:
 # Every Molecule scenario, in the same lanes as `make test`.
 molecule:
 	scripts/test-lanes.sh --lane "$(filter-out make:%,$(TEST_LANE_A))" \
-	  --lane "$(filter-out make:%,$(TEST_LANE_B))" --alone "$(TEST_ALONE)"
+	  --lane "$(filter-out make:%,$(TEST_LANE_B))" --lane "$(filter-out make:%,$(TEST_LANE_C))" --alone "$(TEST_ALONE)"
 
 test: setup
-	scripts/test-lanes.sh --lane "$(TEST_LANE_A)" --lane "$(TEST_LANE_B)" --alone "$(TEST_ALONE)"
+	scripts/test-lanes.sh --lane "$(TEST_LANE_A)" --lane "$(TEST_LANE_B)" --lane "$(TEST_LANE_C)" --alone "$(TEST_ALONE)"
 
 # The edit loop: lint, unit tests and the bad-input table in one lane, the
 # seed topology on Debian 12 in the other.

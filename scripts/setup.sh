@@ -74,3 +74,8 @@ command -v debootstrap >/dev/null || apt_install debootstrap
 for distro in $distros; do
   scripts/build-image.sh "$distro"
 done
+
+# --- Base images of the Compose variant (pushed to the tests' own registry) --
+case " $distros " in
+  *" debian13 "*) scripts/build-base-images.sh debian13 2> >(grep -v -e DEPRECATED -e buildx -e 'docs.docker' -e '^ *$' >&2) ;;
+esac

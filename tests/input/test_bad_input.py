@@ -22,13 +22,14 @@ ROOT = Path(__file__).resolve().parents[2]
 LOCAL = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
 
 
-def inventory(tmp_path: Path, api_hosts: list[str]) -> Path:
+def inventory(tmp_path: Path, api_hosts: list[str], compose_hosts: list[str] = ()) -> Path:
     data = {
         "all": {
             "vars": {**LOCAL, "api_bind_address": "127.0.0.1"},
             "children": {
                 "loadbalancers": {"hosts": {"lb1": None}},
                 "api_servers": {"hosts": {name: None for name in api_hosts}},
+                "compose_hosts": {"hosts": {name: None for name in compose_hosts}},
             },
         }
     }
@@ -37,8 +38,10 @@ def inventory(tmp_path: Path, api_hosts: list[str]) -> Path:
     return path
 
 
-def preflight(tmp_path: Path, extra_vars: dict, api_hosts: list[str] | None = None) -> subprocess.CompletedProcess:
-    hosts = inventory(tmp_path, ["api1", "api2"] if api_hosts is None else api_hosts)
+def preflight(
+    tmp_path: Path, extra_vars: dict, api_hosts: list[str] | None = None, compose_hosts: list[str] = ()
+) -> subprocess.CompletedProcess:
+    hosts = inventory(tmp_path, ["api1", "api2"] if api_hosts is None else api_hosts, compose_hosts)
     env = {
         **os.environ,
         "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
@@ -248,3 +251,12 @@ def test_valid_input_passes_preflight(tmp_path):
     run = preflight(tmp_path, extra)
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     assert re.search(r"^lb1\s+: ok=\d+\s+changed=0\s+unreachable=0\s+failed=0", run.stdout, re.MULTILINE)
+
+
+def test_compose_host_on_debian_12_is_refused_naming_compose_v1(tmp_path):
+    # This machine is Debian 12: as a Compose host it must be refused before any change.
+    run = preflight(tmp_path, {}, compose_hosts=["docker1"])
+    output = " ".join((run.stdout + run.stderr).split())
+    assert run.returncode != 0, output[-2000:]
+    assert "Debian 12 ships only Compose v1" in output, output[-3000:]
+    assert re.search(r"docker1\s+: ok=\d+\s+changed=0\s+unreachable=0\s+failed=1", run.stdout), run.stdout[-2000:]
