@@ -78,6 +78,7 @@ try:
         cache = json.load(handle)
 except (OSError, ValueError):
     cache = {}
+stored = dict(cache)
 fresh = {}
 PYTHON = "import platform,sys;print(sys.version_info[0],sys.version_info[1],platform.machine(),platform.libc_ver()[1])"
 out["nginx_version"] = ""
@@ -99,7 +100,7 @@ if images.get("python"):
     if len(cache[key]) == 4:
         major, minor, machine, glibc = cache[key]
         out["python"] = {"python": major + minor, "machine": machine, "glibc": glibc}
-if args["write_cache"] and fresh and fresh != cache:
+if args["write_cache"] and fresh and fresh != stored:
     os.makedirs(os.path.dirname(args["cache"]), exist_ok=True)
     with open(args["cache"], "w") as handle:
         json.dump(fresh, handle)
