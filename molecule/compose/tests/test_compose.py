@@ -173,3 +173,15 @@ def test_check_mode_reports_a_new_version_and_changes_nothing(hosts):
     assert containers(docker1) == before
     assert docker1.run("docker image inspect rag-photographie:9.9.9").rc != 0
     assert "rag-photographie:9.9.9" not in docker1.file("/opt/lb-stack/compose.yaml").content_string
+
+
+def test_a_changed_project_network_is_refused_before_any_change(hosts):
+    docker1 = hosts["compose-docker1"]
+    before = containers(docker1)
+    project = docker1.check_output("sha256sum /opt/lb-stack/compose.yaml")
+    run = playbook(extra_vars={"compose_stack_subnet": "172.29.84.0/24"})
+    assert run.returncode != 0, tail(run)
+    assert "Compose does not change an existing network" in said(run), tail(run)
+    assert "compose_stack_subnet=172.29.84.0/24" in said(run), tail(run)
+    assert containers(docker1) == before
+    assert docker1.check_output("sha256sum /opt/lb-stack/compose.yaml") == project

@@ -11,7 +11,8 @@
 # Prints one JSON object: missing_packages, docker (active, compose), files,
 # images, api_release, nginx_version, python {python, machine, glibc},
 # wanted {service: config hash}, services {service: {hash, state, health,
-# image, pid}}, status {service: missing|stopped|changed|current}, orphans.
+# image, pid}}, status {service: missing|stopped|changed|current}, orphans,
+# network {internal, subnets} of the existing backend network ({} if none).
 import hashlib
 import json
 import os
@@ -123,6 +124,16 @@ if docker and out["docker"]["compose"]:
                 "image": container["Image"],
                 "pid": state["Pid"],
             }
+# The project's backend network as it exists: Compose never changes an
+# existing network, so a changed subnet or internal flag must be seen here.
+out["network"] = {}
+if docker:
+    rc, network = run(["docker", "network", "inspect", args["project"] + "_backend"])
+    if rc == 0:
+        found = json.loads(network)[0]
+        subnets = [c.get("Subnet", "") for c in (found.get("IPAM") or {}).get("Config") or []]
+        out["network"] = {"internal": found.get("Internal", False), "subnets": subnets}
+
 # What `up` would do to each wanted service, and the services compose.yaml
 # no longer has.
 out["status"] = {}
