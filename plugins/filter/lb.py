@@ -189,16 +189,20 @@ def compose_address(port: int, subnet: str) -> str:
     return str(network.network_address + 10 + port % usable)
 
 
-def compose_outdated(services: Iterable[str], probe: Mapping[str, Any], image: str) -> list[str]:
-    """The services to (re)create, in order: those the probe (compose_probe.py)
-    found missing, stopped or changed in compose.yaml, and those whose container
-    runs another image than `image`, the id of the current API image."""
+def compose_outdated(
+    instances: Iterable[Mapping[str, Any]], probe: Mapping[str, Any], image: str
+) -> list[Mapping[str, Any]]:
+    """The api_instances entries whose service to (re)create, in order: those the
+    probe (compose_probe.py) found missing, stopped or changed in compose.yaml, and
+    those whose container runs another image than `image`, the id of the current
+    API image."""
     status = probe.get("status", {})
     running = probe.get("services", {})
     return [
-        name
-        for name in services
-        if status.get(name, "missing") != "current" or running.get(name, {}).get("image") != image
+        instance
+        for instance in instances
+        if status.get(compose_service(instance), "missing") != "current"
+        or running.get(compose_service(instance), {}).get("image") != image
     ]
 
 

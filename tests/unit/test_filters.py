@@ -158,6 +158,8 @@ def test_compose_outdated_keeps_the_order_and_names_every_reason():
             "api-4": {"image": "sha256:new"},
         },
     }
-    services = ["api-5", "api-4", "api-3", "api-2", "api-1"]
-    assert lb.compose_outdated(services, probe, "sha256:new") == ["api-5", "api-3", "api-2"]
-    assert lb.compose_outdated(["api-1"], probe, "sha256:newer") == ["api-1"]
+    instances = [{"port": port, "weight": 2} for port in (5, 4, 3, 2, 1)]
+    outdated = lb.compose_outdated(instances, probe, "sha256:new")
+    assert [lb.compose_service(i) for i in outdated] == ["api-5", "api-3", "api-2"]
+    assert outdated[0] == {"port": 5, "weight": 2}
+    assert lb.compose_outdated([{"port": 1}], probe, "sha256:newer") == [{"port": 1}]

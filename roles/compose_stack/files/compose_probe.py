@@ -5,11 +5,11 @@
 #   project, compose        the project name and the compose.yaml this run wants
 #   packages, files         Debian packages to check; files to read as "sha1 uid gid mode"
 #   images                  {key: reference}: the image id of each, "" when absent
-#   release_label, api_image  the label holding the release id of the API image
-#   nginx_image, python_image  base images whose nginx version and Python are read
-#   cache, write_cache      where those two reads are kept, per image id
+#   build_label             the label holding the build id of the API image (images.api)
+#   cache, write_cache      where the nginx version and Python of the base
+#                           images (images.nginx, images.python) are kept, per image id
 # Prints one JSON object: missing_packages, docker (active, compose), files,
-# images, api_release, nginx_version, python {python, machine, glibc},
+# images, api_build, nginx_version, python {python, machine, glibc},
 # wanted {service: config hash}, services {service: {hash, state, health,
 # image, pid}}, status {service: missing|stopped|changed|current}, orphans,
 # network {internal, subnets} of the existing backend network ({} if none).
@@ -54,25 +54,17 @@ rc_compose, compose = run(["docker", "compose", "version", "--short"])
 out["docker"] = {"active": active.strip(), "compose": compose.strip() if rc_compose == 0 else ""}
 docker = out["docker"]["active"] == "active"
 
+# One inspect per image: its id and, for the API image, its build label.
 images = {}
+out["api_build"] = ""
 for key, ref in args["images"].items():
-    rc, image_id = run(["docker", "image", "inspect", "-f", "{{.Id}}", ref]) if docker else (1, "")
-    images[key] = image_id.strip() if rc == 0 else ""
+    label = '{{{{ index .Config.Labels "{}" }}}}'.format(args["build_label"]) if key == "api" else ""
+    rc, found = run(["docker", "image", "inspect", "-f", "{{.Id}} " + label, ref]) if docker else (1, "")
+    image_id, _, build = found.strip().partition(" ")
+    images[key] = image_id if rc == 0 else ""
+    if key == "api" and rc == 0:
+        out["api_build"] = build.strip().replace("<no value>", "")
 out["images"] = images
-
-out["api_release"] = ""
-if images.get("api"):
-    rc, label = run(
-        [
-            "docker",
-            "image",
-            "inspect",
-            "-f",
-            '{{{{ index .Config.Labels "{}" }}}}'.format(args["release_label"]),
-            args["api_image"],
-        ]
-    )
-    out["api_release"] = label.strip() if rc == 0 else ""
 
 try:
     with open(args["cache"]) as handle:
@@ -88,14 +80,15 @@ if images.get("nginx"):
     key = images["nginx"]
     if key not in cache:
         # nginx -v writes to stderr.
-        rc, version = run(["docker", "run", "--rm", "--entrypoint", "sh", args["nginx_image"], "-c", "nginx -v 2>&1"])
+        nginx_v = ["docker", "run", "--rm", "--entrypoint", "sh", args["images"]["nginx"], "-c", "nginx -v 2>&1"]
+        rc, version = run(nginx_v)
         cache[key] = version.strip() if rc == 0 else ""
     fresh[key] = cache[key]
     out["nginx_version"] = cache[key]
 if images.get("python"):
     key = images["python"]
     if key not in cache:
-        rc, line = run(["docker", "run", "--rm", "--entrypoint", "python3", args["python_image"], "-c", PYTHON])
+        rc, line = run(["docker", "run", "--rm", "--entrypoint", "python3", args["images"]["python"], "-c", PYTHON])
         cache[key] = line.split() if rc == 0 else []
     fresh[key] = cache[key]
     if len(cache[key]) == 4:
