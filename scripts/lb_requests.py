@@ -51,7 +51,9 @@ def fetch(url: str, timeout: float, context: ssl.SSLContext | None = None, metho
             return response.status, body.get("instance"), body.get("version"), None
     except urllib.error.HTTPError as err:
         return err.code, None, None, None
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, http.client.HTTPException) as err:
+        # HTTPException: a response cut short (IncompleteRead), as in keep-alive mode;
+        # uncaught, it ended the worker and the failure had no name.
         return 0, None, None, type(getattr(err, "reason", err)).__name__
 
 

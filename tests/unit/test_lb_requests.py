@@ -46,6 +46,15 @@ def server():
             if self.path == "/drop" and next(answered) % 3 == 0:
                 self.close_connection = True
                 return
+            # /short: the response is cut after its headers, as when the
+            # instance behind nginx dies mid-answer.
+            if self.path == "/short":
+                self.send_response(200)
+                self.send_header("Content-Length", "100")
+                self.end_headers()
+                self.wfile.write(b"{")
+                self.close_connection = True
+                return
             body = json.dumps({"instance": f"fake:{8001 + next(turn) % 3}", "version": "9"}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -168,3 +177,14 @@ def test_post_is_sent_with_a_body(server, keepalive):
 def test_the_run_reports_when_it_started_and_ended(server):
     result = lb_requests.run(server + "/", requests=5, concurrency=1, timeout=5, max_seconds=30)
     assert 0 < result["first_sent"] <= result["last_answer"]
+
+
+@pytest.mark.parametrize("keepalive", [False, True], ids=["per-request", "keepalive"])
+def test_a_response_cut_short_is_a_named_failure_in_both_modes(server, keepalive):
+    result = lb_requests.run(
+        server + "/short", requests=6, concurrency=2, timeout=5, max_seconds=30, keepalive=keepalive
+    )
+    assert result["requests"] == 6
+    assert result["failed"] == 6
+    assert result["statuses"] == {"0": 6}
+    assert result["errors"] == {"IncompleteRead": 6}
