@@ -13,9 +13,9 @@ export PYTHONDONTWRITEBYTECODE := 1
 # times (much of a scenario is waiting: boots, health checks, drains), then
 # the rolling scenario alone (its timed checks, e.g. kill -9 back
 # in rotation within 5 s under load, need the machine to itself).
-TEST_LANE_A ?= make:lint make:unit cluster methods
+TEST_LANE_A ?= make:lint make:unit cluster methods default:debian13
 TEST_LANE_B ?= make:input ssh default:debian12 tls
-TEST_LANE_C ?= compose:debian13 default:debian13
+TEST_LANE_C ?= compose:debian13 ha:debian13
 TEST_ALONE ?= rolling
 
 .PHONY: setup lab lab-destroy test test-quick lint unit input molecule bench bench-converge clean

@@ -7,7 +7,9 @@ requests, keeping ``--concurrency`` in flight, and stops early at
 ``--max-seconds`` or once ``--stop-file`` exists (continuous load during an
 event). It prints one JSON object: totals, failures, statuses (0 is a
 connection error), error kinds, the count per instance and per version, and
-the wall-clock time of the first request sent and the last answer.
+the wall-clock time of the first request sent and the last answer, and a
+timeline: per tenth of a second (key: wall-clock time x 10) the requests
+sent in it and how many of them failed.
 
 Two client modes:
   * per request (default): a new connection for every request
@@ -100,11 +102,13 @@ def run(
     cacert: str | None = None,
     keepalive: bool = False,
     method: str = "GET",
+    started_file: str | None = None,
 ) -> dict:
     """Keep `concurrency` requests in flight until `requests` were sent, `max_seconds`
     passed or `stop_file` exists, whichever comes first; count every answer.
     Each worker waits `pause` seconds between its requests (paced load).
-    HTTPS is verified, against `cacert` when given."""
+    HTTPS is verified, against `cacert` when given. `started_file` is created
+    once every worker has had an answer (the load runs at full concurrency)."""
     context = ssl.create_default_context(cafile=cacert) if cacert else None
     deadline = time.monotonic() + max_seconds
     statuses: Counter[int] = Counter()
@@ -115,26 +119,41 @@ def run(
     sent = 0
     first_sent: float | None = None
     last_answer: float | None = None
+    # Per tenth of a second of the wall clock (when the request was sent):
+    # [sent, failed], so a test can count the requests and failures of a window.
+    timeline: dict[int, list[int]] = {}
 
-    def more() -> bool:
+    def more() -> float | None:
+        """The wall-clock time the next request is sent at, or None to stop."""
         nonlocal sent, first_sent
         with lock:
             if sent >= requests or time.monotonic() >= deadline:
-                return False
+                return None
             if stop_file and os.path.exists(stop_file):
-                return False
+                return None
             sent += 1
+            now = time.time()
             if first_sent is None:
-                first_sent = time.time()
-            return True
+                first_sent = now
+            timeline.setdefault(int(now * 10), [0, 0])[0] += 1
+            return now
+
+    answered: set[int] = set()
 
     def worker() -> None:
         nonlocal last_answer
         pooled = KeepAlive(url, timeout, context, method) if keepalive else None
-        while more():
+        while (sent_at := more()) is not None:
             status, instance, version, error = pooled.fetch() if pooled else fetch(url, timeout, context, method)
             with lock:
                 last_answer = time.time()
+                if started_file and len(answered) < concurrency:
+                    answered.add(threading.get_ident())
+                    if len(answered) == concurrency:
+                        with open(started_file, "w"):
+                            pass
+                if not 200 <= status < 300:
+                    timeline[int(sent_at * 10)][1] += 1
                 statuses[status] += 1
                 if instance:
                     instances[instance] += 1
@@ -170,6 +189,7 @@ def run(
         "errors": dict(sorted(errors.items())),
         "first_sent": first_sent,
         "last_answer": last_answer,
+        "timeline": {str(k): v for k, v in sorted(timeline.items())},
     }
 
 
@@ -185,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cacert", help="CA certificate(s) that HTTPS is verified against (default: the system's)")
     parser.add_argument("--keepalive", action="store_true", help="reuse one HTTP/1.1 connection per worker, no retry")
     parser.add_argument("--method", choices=["GET", "POST"], default="GET")
+    parser.add_argument("--started-file", help="created once every worker has had an answer")
     args = parser.parse_args(argv)
     if not 1 <= args.requests <= 1_000_000 or not 1 <= args.concurrency <= 256:
         parser.error("--requests must be 1-1000000 and --concurrency 1-256")
@@ -201,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         args.cacert,
         args.keepalive,
         args.method,
+        args.started_file,
     )
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")

@@ -143,7 +143,7 @@ def requests_from(
     assert run.stdout.strip(), run.stderr
     result = json.loads(run.stdout.strip().splitlines()[-1])
     # Shown in the test report (pytest -r A): the measured counts of every run.
-    print(json.dumps(result, sort_keys=True))
+    print(json.dumps({k: v for k, v in result.items() if k != "timeline"}, sort_keys=True))
     return result
 
 
@@ -203,6 +203,7 @@ class Load:
                 f"--concurrency={self.concurrency}",
                 f"--max-seconds={self.max_seconds}",
                 f"--stop-file={d}/stop",
+                f"--started-file={d}/started",
                 f"--pause={self.pause}",
                 f"--timeout={self.timeout}",
                 f"--method={self.method}",
@@ -215,8 +216,10 @@ class Load:
             f"setsid nohup python3 {d}/lb_requests.py {args} >{d}/result.json 2>{d}/stderr </dev/null &"
             f" echo $! >{d}/pid",
         )
-        # Let the load reach full concurrency before the event starts.
-        time.sleep(1)
+        # The event starts once every worker has had an answer (bounded: 30 s).
+        self.host.run_expect(
+            [0], f"for i in $(seq 300); do [ -e {d}/started ] && exit 0; sleep 0.1; done; cat {d}/stderr; exit 1"
+        )
         self.event_started = time.time()
         return self
 
@@ -232,7 +235,7 @@ class Load:
         assert out.strip(), self.host.check_output(f"cat {d}/stderr")
         self.result = json.loads(out.strip().splitlines()[-1])
         self.host.run(f"rm -rf {d}")
-        print(json.dumps(self.result, sort_keys=True))
+        print(json.dumps({k: v for k, v in self.result.items() if k != "timeline"}, sort_keys=True))
         if exc[0] is None:
             # The load covered the event (the test host's clock is the controller's).
             assert self.result["first_sent"] < self.event_started, (self.event_started, self.result)

@@ -206,6 +206,39 @@ def compose_outdated(
     ]
 
 
+def vrrp_router_id(vip: str) -> int:
+    """The VRRP virtual router id (1-255) derived from a floating address: its
+    integer value modulo 255, plus 1. 0 for an empty or invalid address (the
+    preflight refuses both)."""
+    try:
+        return int(ipaddress.ip_address(str(vip))) % 255 + 1
+    except ValueError:
+        return 0
+
+
+def ha_host_address(host: Mapping[str, Any]) -> str:
+    """A load balancer's own address for VRRP, from its hostvars: lb_ha_address
+    when the inventory sets it, else the address of its default route (facts);
+    empty when neither is known."""
+    if host.get("lb_ha_address"):
+        return str(host["lb_ha_address"])
+    facts = host.get("ansible_facts") or {}
+    return str((facts.get("default_ipv4") or {}).get("address", ""))
+
+
+def ha_router_id_of(host: Mapping[str, Any]) -> int:
+    """A load balancer's VRRP virtual router id, from its hostvars: the
+    inventory's lb_ha_virtual_router_id, else the one derived from its lb_ha_vip."""
+    if host.get("lb_ha_virtual_router_id") not in (None, ""):
+        return int(host["lb_ha_virtual_router_id"])
+    return vrrp_router_id(host.get("lb_ha_vip", ""))
+
+
+def ha_router_ids(hosts: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """The virtual router id of each floating address the hosts (hostvars) set."""
+    return {str(host["lb_ha_vip"]): ha_router_id_of(host) for host in hosts if host.get("lb_ha_vip")}
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
@@ -226,4 +259,8 @@ class FilterModule:
             "lb_compose_servers": compose_servers,
             "lb_compose_address": compose_address,
             "lb_compose_outdated": compose_outdated,
+            "lb_vrrp_router_id": vrrp_router_id,
+            "lb_ha_host_address": ha_host_address,
+            "lb_ha_router_id_of": ha_router_id_of,
+            "lb_ha_router_ids": ha_router_ids,
         }

@@ -22,12 +22,14 @@ ROOT = Path(__file__).resolve().parents[2]
 LOCAL = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
 
 
-def inventory(tmp_path: Path, api_hosts: list[str], compose_hosts: list[str] = ()) -> Path:
+def inventory(
+    tmp_path: Path, api_hosts: list[str], compose_hosts: list[str] = (), lb_hosts: dict | None = None
+) -> Path:
     data = {
         "all": {
             "vars": {**LOCAL, "api_bind_address": "127.0.0.1"},
             "children": {
-                "loadbalancers": {"hosts": {"lb1": None}},
+                "loadbalancers": {"hosts": lb_hosts or {"lb1": None}},
                 "api_servers": {"hosts": {name: None for name in api_hosts}},
                 "compose_hosts": {"hosts": {name: None for name in compose_hosts}},
             },
@@ -39,9 +41,13 @@ def inventory(tmp_path: Path, api_hosts: list[str], compose_hosts: list[str] = (
 
 
 def preflight(
-    tmp_path: Path, extra_vars: dict, api_hosts: list[str] | None = None, compose_hosts: list[str] = ()
+    tmp_path: Path,
+    extra_vars: dict,
+    api_hosts: list[str] | None = None,
+    compose_hosts: list[str] = (),
+    lb_hosts: dict | None = None,
 ) -> subprocess.CompletedProcess:
-    hosts = inventory(tmp_path, ["api1", "api2"] if api_hosts is None else api_hosts, compose_hosts)
+    hosts = inventory(tmp_path, ["api1", "api2"] if api_hosts is None else api_hosts, compose_hosts, lb_hosts)
     env = {
         **os.environ,
         "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
@@ -260,3 +266,76 @@ def test_compose_host_on_debian_12_is_refused_naming_compose_v1(tmp_path):
     assert run.returncode != 0, output[-2000:]
     assert "Debian 12 ships only Compose v1" in output, output[-3000:]
     assert re.search(r"docker1\s+: ok=\d+\s+changed=0\s+unreachable=0\s+failed=1", run.stdout), run.stdout[-2000:]
+
+
+PAIR = {"lb1": {"lb_ha_vip": "192.0.2.100"}, "lb2": {"lb_ha_vip": "192.0.2.100"}}
+
+# (id, extra vars, load balancers with their host vars, pattern the failure must show)
+HA_CASES = [
+    (
+        "vip not an address",
+        {},
+        {"lb1": {"lb_ha_vip": "192.0.2.300"}, "lb2": {"lb_ha_vip": "192.0.2.300"}},
+        r"lb_ha_vip must be an IPv4 address \(got '192\.0\.2\.300'\)",
+    ),
+    (
+        "vip is a host's address",
+        {},
+        {**PAIR, "lb2": {"lb_ha_vip": "192.0.2.100", "ansible_host": "192.0.2.100"}},
+        r"lb_ha_vip 192\.0\.2\.100 is the address of a host of the inventory",
+    ),
+    (
+        "peer missing",
+        {},
+        {"lb1": {"lb_ha_vip": "192.0.2.100"}, "lb2": None},
+        r"lb_ha_vip 192\.0\.2\.100 is set on 1 host\(s\) of group 'loadbalancers' \(lb1\); "
+        r"a pair is exactly 2\. Its peer is missing",
+    ),
+    (
+        "three hosts on one address",
+        {},
+        {**PAIR, "lb3": {"lb_ha_vip": "192.0.2.100"}},
+        r"lb_ha_vip 192\.0\.2\.100 is set on 3 host\(s\).*more than 2 hosts per address is not supported",
+    ),
+    (
+        "router id shared by two pairs",
+        {"lb_ha_virtual_router_id": 7},
+        {**PAIR, "lb3": {"lb_ha_vip": "192.0.2.101"}, "lb4": {"lb_ha_vip": "192.0.2.101"}},
+        r"lb_ha_virtual_router_id 7 of the pair for 192\.0\.2\.10[01].*the pair for 192\.0\.2\.10[01] has it too",
+    ),
+    (
+        "router id out of range",
+        {"lb_ha_virtual_router_id": 256},
+        PAIR,
+        r"lb_ha_virtual_router_id 256 of the pair for 192\.0\.2\.100: it must be within 1-255",
+    ),
+    (
+        "check fall zero",
+        {"lb_ha_check_fall": 0},
+        PAIR,
+        r"lb_ha_advert_int must be within 1-255 \(got 1\), and lb_ha_check_interval.*got 1, 1, 0, 2",
+    ),
+    (
+        "acme on a pair",
+        {"nginx_lb_tls_mode": "acme", "nginx_lb_server_names": ["api.example.com"]},
+        PAIR,
+        r"nginx_lb_tls_mode=acme with lb_ha_vip is not supported",
+    ),
+]
+
+
+@pytest.mark.parametrize(("extra_vars", "lb_hosts", "pattern"), [c[1:] for c in HA_CASES], ids=[c[0] for c in HA_CASES])
+def test_bad_pair_input_fails_in_preflight_naming_the_variable(tmp_path, extra_vars, lb_hosts, pattern):
+    run = preflight(tmp_path, extra_vars, lb_hosts=lb_hosts)
+    output = run.stdout + run.stderr
+    assert run.returncode != 0, output[-2000:]
+    assert re.search(pattern, " ".join(output.split()), re.DOTALL), output[-3000:]
+    assert "changed=0" in output
+    assert "changed=1" not in output
+
+
+def test_a_valid_pair_passes_preflight(tmp_path):
+    run = preflight(tmp_path, {}, lb_hosts=PAIR)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    for host in PAIR:
+        assert re.search(rf"^{host}\s+: ok=\d+\s+changed=0\s+unreachable=0\s+failed=0", run.stdout, re.MULTILINE)

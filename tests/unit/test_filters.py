@@ -163,3 +163,27 @@ def test_compose_outdated_keeps_the_order_and_names_every_reason():
     assert [lb.compose_service(i) for i in outdated] == ["api-5", "api-3", "api-2"]
     assert outdated[0] == {"port": 5, "weight": 2}
     assert lb.compose_outdated([{"port": 1}], probe, "sha256:newer") == [{"port": 1}]
+
+
+def test_vrrp_router_id_is_derived_from_the_address_within_1_to_255():
+    assert lb.vrrp_router_id("10.0.0.1") == (10 * 2**24 + 1) % 255 + 1
+    assert {lb.vrrp_router_id(f"192.0.2.{n}") for n in range(256)} <= set(range(1, 256))
+    assert lb.vrrp_router_id("192.0.2.10") != lb.vrrp_router_id("192.0.2.11")
+    assert lb.vrrp_router_id("") == 0
+    assert lb.vrrp_router_id("not-an-address") == 0
+
+
+def test_ha_host_address_prefers_the_inventory_then_the_default_route():
+    facts = {"ansible_facts": {"default_ipv4": {"address": "192.0.2.5"}}}
+    assert lb.ha_host_address({**facts, "lb_ha_address": "198.51.100.5"}) == "198.51.100.5"
+    assert lb.ha_host_address(facts) == "192.0.2.5"
+    assert lb.ha_host_address({}) == ""
+
+
+def test_ha_router_ids_take_the_inventory_value_else_derive_it():
+    hosts = [
+        {"lb_ha_vip": "192.0.2.10"},
+        {"lb_ha_vip": "192.0.2.20", "lb_ha_virtual_router_id": "7"},
+        {"lb_ha_vip": ""},
+    ]
+    assert lb.ha_router_ids(hosts) == {"192.0.2.10": lb.vrrp_router_id("192.0.2.10"), "192.0.2.20": 7}

@@ -109,3 +109,11 @@ def test_nginx_lb_role_exports_http_and_https_to_anyone():
     assert rules == [
         {"name": "nginx rag-photographie", "proto": "tcp", "ports": [80, 443], "sources": ["0.0.0.0/0", "::/0"]}
     ]
+
+
+def test_vrrp_rule_accepts_the_protocol_from_the_peer_only():
+    rule = {"name": "vrrp peer", "proto": "vrrp", "ports": [], "sources": ["192.0.2.12", "2001:db8::12"]}
+    lines = [line.strip() for line in ruleset(firewall_dependent_rules=[rule]).splitlines()]
+    assert 'ip saddr { 192.0.2.12 } ip protocol 112 accept comment "vrrp peer"' in lines
+    assert 'ip6 saddr { 2001:db8::12 } ip6 nexthdr 112 accept comment "vrrp peer"' in lines
+    assert not any("vrrp" in line and "dport" in line for line in lines)

@@ -188,3 +188,23 @@ def test_a_response_cut_short_is_a_named_failure_in_both_modes(server, keepalive
     assert result["failed"] == 6
     assert result["statuses"] == {"0": 6}
     assert result["errors"] == {"IncompleteRead": 6}
+
+
+@pytest.mark.parametrize(("path", "failed"), [("/", 0), ("/fail", 6)])
+def test_the_timeline_counts_requests_and_failures_by_the_time_they_were_sent(server, path, failed):
+    result = lb_requests.run(server + path, requests=6, concurrency=2, timeout=5, max_seconds=30)
+    buckets = {int(key): value for key, value in result["timeline"].items()}
+    assert sum(sent for sent, _ in buckets.values()) == 6
+    assert sum(bad for _, bad in buckets.values()) == failed
+    assert int(result["first_sent"] * 10) == min(buckets)
+
+
+def test_the_started_file_appears_once_every_worker_had_an_answer(server, tmp_path):
+    started = tmp_path / "started"
+    result = lb_requests.run(
+        server + "/", requests=2, concurrency=3, timeout=5, max_seconds=30, started_file=str(started)
+    )
+    assert result["requests"] == 2
+    assert not started.exists()  # only 2 of the 3 workers had an answer
+    lb_requests.run(server + "/", requests=6, concurrency=3, timeout=5, max_seconds=30, started_file=str(started))
+    assert started.exists()

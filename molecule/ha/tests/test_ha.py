@@ -1,0 +1,304 @@
+"""The load balancer pair: one holder of the floating address, failover under load.
+
+Who holds the address is read on the controller from both load balancers'
+network namespaces at once (/proc/<pid>/net/fib_trie of each container's
+PID 1), every 50 ms, so "never two holders" compares two readings taken
+within microseconds. The load is HTTPS with keep-alive connections (a pool
+of 10, no retries), verified against the certificate both hosts share: a
+failover to a host with another certificate would fail every request.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+import uuid
+
+import pytest
+from lbtest import CERT, ROLLING_UPDATE, Load, get_host, playbook, tail
+
+testinfra_hosts = ["ha-client"]
+
+VIP = "10.213.70.200"
+LBS = ("ha-lb1", "ha-lb2")
+URL = f"https://{VIP}/"
+# The holders are sampled every 50 ms (a file read), stricter than 200 ms.
+SAMPLE = 0.05
+# VRRP's takeover after missed adverts: 3 x advert_int (1 s) + skew (the
+# priority 253 or 254 gives (256 - priority) / 256 s, at most 0.012 s), read
+# by a sampler that may run late on a busy machine: 0.2 s of margin.
+TAKEOVER = 3.0 + 3 / 256
+MARGIN = 0.2
+STATE = "/run/lb-ha/state.json"
+
+
+def pid_of(container: str) -> int:
+    out = subprocess.run(
+        ["docker", "inspect", "-f", "{{.State.Pid}}", container], capture_output=True, text=True, check=True
+    )
+    return int(out.stdout.strip())
+
+
+def holds(pid: int) -> bool:
+    """Whether the network namespace of `pid` has the floating address as a local one."""
+    try:
+        with open(f"/proc/{pid}/net/fib_trie") as trie:
+            return f"|-- {VIP}\n" in trie.read()
+    except OSError:
+        return False
+
+
+def holders() -> list[str]:
+    return [name for name in LBS if holds(pid_of(name))]
+
+
+class Holders:
+    """Samples who holds the address every SAMPLE s in a thread, bounded by `max_seconds`."""
+
+    def __init__(self, max_seconds: float = 60):
+        self.pids = {name: pid_of(name) for name in LBS}
+        self.samples: list[tuple[float, tuple[str, ...]]] = []
+        self.max_seconds = max_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        deadline = time.time() + self.max_seconds
+        while not self._stop.is_set() and time.time() < deadline:
+            now = time.time()
+            self.samples.append((now, tuple(name for name, pid in self.pids.items() if holds(pid))))
+            self._stop.wait(SAMPLE)
+
+    def __enter__(self) -> Holders:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def first_held_by(self, name: str, after: float) -> float | None:
+        return next((t for t, held in self.samples if t >= after and held == (name,)), None)
+
+    def doubles(self) -> list[float]:
+        return [t for t, held in self.samples if len(held) > 1]
+
+
+def wait_for(condition, seconds: float, step: float = 0.2) -> bool:
+    """Poll `condition` until it is true, at most `seconds`."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(step)
+    return condition()
+
+
+def window(result: dict, start: float, end: float) -> tuple[int, int]:
+    """(requests, failed) of the load sent between `start` and `end` (wall clock)."""
+    buckets = [v for k, v in result["timeline"].items() if start * 10 <= int(k) < end * 10]
+    return sum(v[0] for v in buckets), sum(v[1] for v in buckets)
+
+
+def failed_after(result: dict, moment: float) -> int:
+    return sum(v[1] for k, v in result["timeline"].items() if int(k) >= moment * 10)
+
+
+def vrrp_state(name: str) -> str:
+    return json.loads(get_host(name).check_output(f"cat {STATE}"))["state"]
+
+
+@pytest.fixture(scope="module")
+def cacert(host):
+    """The certificate both load balancers serve, as the client's only trust anchor."""
+    pem = get_host(LBS[0]).check_output(f"cat {CERT}")
+    path = f"/tmp/ha-ca-{uuid.uuid4().hex[:8]}.pem"
+    host.run_expect([0], f"cat > {path} <<'EOF'\n{pem}\nEOF")
+    yield path
+    host.run(f"rm -f {path}")
+
+
+@pytest.fixture
+def settled():
+    """One holder, both hosts' keepalived and nginx running, before and after each test."""
+
+    def ready() -> bool:
+        return len(holders()) == 1 and all(
+            get_host(name).run("systemctl is-active --quiet keepalived nginx").rc == 0 for name in LBS
+        )
+
+    assert wait_for(ready, 30), holders()
+    yield holders()[0]
+    assert wait_for(ready, 30), holders()
+
+
+def test_one_host_holds_the_address_and_serves_it(host, cacert, settled):
+    assert holders() == [settled]
+    other = next(name for name in LBS if name != settled)
+    assert vrrp_state(settled) == "MASTER"
+    assert vrrp_state(other) == "BACKUP"
+    out = host.check_output(f"curl -sS --cacert {cacert} {URL}")
+    assert json.loads(out)["instance"].startswith("ha-api1:")
+
+
+def test_both_hosts_serve_one_certificate_that_covers_the_address(host):
+    fingerprints = {get_host(name).check_output(f"openssl x509 -in {CERT} -noout -fingerprint -sha256") for name in LBS}
+    assert len(fingerprints) == 1, fingerprints
+    sans = get_host(LBS[0]).check_output(f"openssl x509 -in {CERT} -noout -ext subjectAltName")
+    assert f"IP Address:{VIP}" in sans
+    assert all(f"DNS:{name}" in sans for name in LBS)
+
+
+def test_vrrp_is_accepted_from_the_peer_only():
+    for name in LBS:
+        peer = next(other for other in LBS if other != name)
+        peer_address = get_host(peer).check_output("hostname -I").split()[0]
+        table = get_host(name).check_output("nft list table inet firewall")
+        rules = [line for line in table.splitlines() if "vrrp" in line]
+        assert len(rules) == 1, rules
+        assert f"ip saddr {peer_address} ip protocol vrrp accept" in rules[0]
+
+
+# Each event returns when it happened (wall clock).
+def stop_nginx(holder: str) -> float:
+    node, at = get_host(holder), time.time()
+    node.run_expect([0], "systemctl stop nginx")
+    return at
+
+
+def kill_keepalived(holder: str) -> float:
+    node, at = get_host(holder), time.time()
+    node.run_expect([0], "systemctl kill --signal=KILL keepalived")
+    return at
+
+
+def disconnect(holder: str) -> float:
+    """The holder's link goes down, as with a pulled cable: no more adverts
+    from it, and nothing reaches it."""
+    node, at = get_host(holder), time.time()
+    node.run_expect([0], "ip link set eth0 down")
+    return at
+
+
+def restore_nginx(holder: str, address: str) -> None:
+    get_host(holder).run_expect([0], "systemctl start nginx")
+
+
+def restore_keepalived(holder: str, address: str) -> None:
+    # systemd restarts it (Restart=on-failure); nothing to do but wait.
+    assert wait_for(lambda: get_host(holder).run("systemctl is-active --quiet keepalived").rc == 0, 15)
+
+
+def reconnect(holder: str, address: str) -> None:
+    """The link comes back, and the default route the link's loss removed."""
+    gateway = address.rsplit(".", 1)[0] + ".1"
+    get_host(holder).run_expect([0], f"ip link set eth0 up && ip route replace default via {gateway}")
+
+
+CAUSES = {
+    "nginx-stopped": (stop_nginx, restore_nginx),
+    "keepalived-killed": (kill_keepalived, restore_keepalived),
+    "holder-link-down": (disconnect, reconnect),
+}
+
+
+@pytest.mark.parametrize("cause", CAUSES)
+def test_failover_under_load(host, cacert, settled, cause):
+    event, restore = CAUSES[cause]
+    holder = settled
+    other = next(name for name in LBS if name != holder)
+    address = get_host(holder).check_output(f"ip -o -4 address show dev eth0 | grep -v {VIP}").split()[3]
+    address = address.split("/")[0]
+    with Holders() as sampled:
+        with (
+            Load(host, URL, concurrency=10, pause=0.02, keepalive=True, cacert=cacert) as pooled,
+            Load(host, URL, concurrency=5, pause=0.02, cacert=cacert) as single,
+        ):
+            try:
+                started = event(holder)
+                moved = wait_for(lambda: holders() == [other], 10, step=0.05)
+                time.sleep(2)
+            finally:
+                recovering = time.time()
+                restore(holder, address)
+        # Recovery: the failed host is back; under nopreempt the address stays.
+        with Load(host, URL, concurrency=10, pause=0.02, keepalive=True, cacert=cacert) as recovery:
+            assert wait_for(lambda: vrrp_state(holder) == "BACKUP", 15), vrrp_state(holder)
+            time.sleep(2)
+    took = sampled.first_held_by(other, started)
+    report = {
+        "cause": cause,
+        "from": holder,
+        "to": other,
+        "seconds_to_move": round(took - started, 3) if took else None,
+        "recovery": {k: recovery.result[k] for k in ("requests", "failed", "errors")},
+        "samples": len(sampled.samples),
+    }
+    for load in (pooled, single):
+        # The failover window: from the requests in flight when the event
+        # happened (sent up to 1 s before) to 0.5 s after the move.
+        requests, failed = window(load.result, started - 1, (took or started) + 0.5)
+        report[load.result["mode"]] = {
+            "window_requests": requests,
+            "window_failed": failed,
+            "window_failed_percent": round(100 * failed / max(requests, 1), 2),
+            "requests": load.result["requests"],
+            "failed": load.result["failed"],
+            "errors": load.result["errors"],
+        }
+    print(json.dumps(report))
+    assert moved, sampled.samples[-10:]
+    assert took is not None, sampled.samples
+    assert took - started <= TAKEOVER + MARGIN, (took - started, sampled.samples)
+    assert sampled.doubles() == [], sampled.doubles()
+    for load in (pooled, single):
+        # At most one failure per connection open at the move (its TCP state
+        # stays on the old holder), all within the window; after it, none.
+        assert load.result["failed"] <= load.concurrency, load.result
+        assert failed_after(load.result, took + 0.5) == 0, load.result["timeline"]
+        assert report[load.result["mode"]]["window_failed"] == load.result["failed"], report
+    # Recovery: no second move, no failure.
+    assert holders() == [other]
+    assert all(held == (other,) for t, held in sampled.samples if t >= recovering + 1), sampled.samples
+    assert recovery.result["failed"] == 0, recovery.result
+
+
+def test_rolling_update_through_the_address_drains_on_both_load_balancers(host, cacert, settled):
+    """The release goes through the pair: requests to the floating address and
+    to the backup's own address (which serves too) all succeed."""
+    backup = next(name for name in LBS if name != settled)
+    try:
+        with (
+            Load(host, URL, concurrency=10, keepalive=True, cacert=cacert) as through_vip,
+            Load(host, f"https://{backup}/", concurrency=5, keepalive=True, cacert=cacert) as through_backup,
+        ):
+            run = playbook(extra_vars={"api_version": "1.1.0"}, path=ROLLING_UPDATE)
+            assert run.returncode == 0, tail(run)
+    finally:
+        back = playbook(path=ROLLING_UPDATE)
+        assert back.returncode == 0, tail(back)
+    for load in (through_vip, through_backup):
+        assert load.result["failed"] == 0, load.result
+        assert set(load.result["versions"]) >= {"1.1.0"}, load.result
+
+
+def test_a_config_keepalived_rejects_never_goes_live(host, cacert, settled):
+    """With the preflight skipped (--skip-tags always,preflight), a value the
+    preflight refuses reaches the role: lb_ha_check_fall 0, which only
+    keepalived.conf holds. keepalived's config test refuses the file, the run
+    fails on that task, and the pair keeps its files and the address, serving."""
+    files = "sha1sum /etc/keepalived/keepalived.conf /usr/local/sbin/lb-ha-* /etc/systemd/system/keepalived.service.d/*"
+    before = {name: get_host(name).check_output(files) for name in LBS}
+    run = playbook("--tags", "lb_ha", "--skip-tags", "always,preflight", extra_vars={"lb_ha_check_fall": 0})
+    assert run.returncode != 0, tail(run)
+    output = tail(run, 20000)
+    task = output[output.index("TASK [lb_ha : Configure keepalived]") :].split("PLAY RECAP")[0]
+    assert "failed to validate" in task, output
+    assert "vrrp script fall value '0' invalid" in output
+    after = {name: get_host(name).check_output(files) for name in LBS}
+    assert after == before
+    assert holders() == [settled]
+    out = host.check_output(f"curl -sS --cacert {cacert} {URL}")
+    assert json.loads(out)["instance"].startswith("ha-api1:")
