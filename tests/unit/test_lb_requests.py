@@ -206,5 +206,8 @@ def test_the_started_file_appears_once_every_worker_had_an_answer(server, tmp_pa
     )
     assert result["requests"] == 2
     assert not started.exists()  # only 2 of the 3 workers had an answer
-    lb_requests.run(server + "/", requests=6, concurrency=3, timeout=5, max_seconds=30, started_file=str(started))
+    # Paced, so that one fast worker cannot take every request before the others start.
+    lb_requests.run(
+        server + "/", requests=30, concurrency=3, timeout=5, max_seconds=30, pause=0.05, started_file=str(started)
+    )
     assert started.exists()
