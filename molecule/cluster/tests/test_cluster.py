@@ -220,7 +220,8 @@ def test_stopping_a_whole_api_host(hosts):
     route = api2.check_output("ip route show default")
     window = 2  # nginx_lb_fail_timeout
     try:
-        with Load(hosts["outsider"], LB_URL, concurrency=10, cacert=CACERT, timeout=15) as first:
+        # Few requests: those that hit api2 wait for the connect timeout.
+        with Load(hosts["outsider"], LB_URL, concurrency=10, cacert=CACERT, timeout=15, min_requests=20) as first:
             api2.run_expect([0], "ip link set eth0 down")
             time.sleep(window)
         with Load(hosts["outsider"], LB_URL, concurrency=10, cacert=CACERT, timeout=15) as later:
