@@ -105,7 +105,7 @@ def run(
     started_file: str | None = None,
 ) -> dict:
     """Keep `concurrency` requests in flight until `requests` were sent, `max_seconds`
-    passed or `stop_file` exists, whichever comes first; count every answer.
+    passed or `stop_file` exists (then one more is sent), whichever comes first; count every answer.
     Each worker waits `pause` seconds between its requests (paced load).
     HTTPS is verified, against `cacert` when given. `started_file` is created
     once every worker has had an answer (the load runs at full concurrency)."""
@@ -125,12 +125,16 @@ def run(
 
     def more() -> float | None:
         """The wall-clock time the next request is sent at, or None to stop."""
-        nonlocal sent, first_sent
+        nonlocal sent, first_sent, stopping
         with lock:
             if sent >= requests or time.monotonic() >= deadline:
                 return None
             if stop_file and os.path.exists(stop_file):
-                return None
+                # One request is still sent once the stop file is there, so
+                # the last answer comes after the event that ended with it.
+                if stopping:
+                    return None
+                stopping = True
             sent += 1
             now = time.time()
             if first_sent is None:
@@ -139,6 +143,7 @@ def run(
             return now
 
     answered: set[int] = set()
+    stopping = False
 
     def worker() -> None:
         nonlocal last_answer

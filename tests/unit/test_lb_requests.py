@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import count
 
@@ -211,3 +212,16 @@ def test_the_started_file_appears_once_every_worker_had_an_answer(server, tmp_pa
         server + "/", requests=30, concurrency=3, timeout=5, max_seconds=30, pause=0.05, started_file=str(started)
     )
     assert started.exists()
+
+
+def test_one_request_is_still_sent_once_the_stop_file_is_there(server, tmp_path):
+    """A load stopped during a pause still answers once after the stop: its last
+    answer is later than the moment the stop file appeared."""
+    stop = tmp_path / "stop"
+    touched = []
+    threading.Timer(0.3, lambda: (touched.append(time.time()), stop.touch())).start()
+    result = lb_requests.run(
+        server + "/", requests=1000, concurrency=2, timeout=5, max_seconds=30, pause=1.0, stop_file=str(stop)
+    )
+    assert result["last_answer"] > touched[0], (result["last_answer"], touched)
+    assert result["failed"] == 0
