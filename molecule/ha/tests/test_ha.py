@@ -214,8 +214,10 @@ def test_failover_under_load(host, cacert, settled, cause):
     with Holders() as sampled:
         with (
             Load(host, URL, concurrency=10, pause=0.02, keepalive=True, cacert=cacert) as pooled,
-            # A TLS handshake per request: paced, for the machine's other lanes.
-            Load(host, URL, concurrency=5, pause=0.1, cacert=cacert, min_requests=50) as single,
+            # A TLS handshake per request: paced, for the machine's other
+            # lanes. Few requests when the link goes down: each worker's
+            # request in flight to the old holder waits for its 5 s timeout.
+            Load(host, URL, concurrency=5, pause=0.1, cacert=cacert, min_requests=10) as single,
         ):
             try:
                 started = event(holder)
