@@ -25,6 +25,7 @@ PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).resol
 CONVERGE = PROJECT / "molecule" / "shared" / "converge.yml"
 ROLLING_UPDATE = PROJECT / "playbooks" / "rolling_update.yml"
 DRAIN = PROJECT / "playbooks" / "drain.yml"
+STATUS = PROJECT / "playbooks" / "status.yml"
 LB_REQUESTS = (PROJECT / "scripts" / "lb_requests.py").read_text()
 
 
@@ -131,13 +132,21 @@ def tail(run: subprocess.CompletedProcess, chars: int = 4000) -> str:
 
 
 def requests_from(
-    host, url: str, count: int, concurrency: int = 1, max_seconds: float = 60, cacert: str | None = None
+    host,
+    url: str,
+    count: int,
+    concurrency: int = 1,
+    max_seconds: float = 60,
+    cacert: str | None = None,
+    keepalive: bool = False,
 ) -> dict:
     """Send `count` requests to `url` from the test host; return lb_requests.py's JSON.
-    HTTPS is verified against `cacert` (a path on the host) when given."""
+    HTTPS is verified against `cacert` (a path on the host) when given; `keepalive`
+    reuses one connection per worker, like a connection pool."""
     args = shlex.join(
         [f"--url={url}", f"--requests={count}", f"--concurrency={concurrency}", f"--max-seconds={max_seconds}"]
         + ([f"--cacert={cacert}"] if cacert else [])
+        + (["--keepalive"] if keepalive else [])
     )
     run = host.run(f"python3 - {args} <<'LB_REQUESTS_EOF'\n{LB_REQUESTS}\nLB_REQUESTS_EOF")
     assert run.stdout.strip(), run.stderr

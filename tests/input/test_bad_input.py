@@ -234,6 +234,30 @@ CASES = [
         None,
         r"instances: lb1\.example",
     ),
+    (
+        "monitoring source not an address",
+        {"monitoring_sources": ["prometheus.example"]},
+        None,
+        r"nginx_exporter_sources \(default: monitoring_sources\).*prometheus\.example",
+    ),
+    (
+        "exporter port out of range",
+        {"nginx_exporter_port": 99999},
+        None,
+        r"nginx_exporter_port must be 1-65535 \(got 99999\)",
+    ),
+    (
+        "health path blocked",
+        {"nginx_lb_blocked_paths": ["/metrics", "/health"]},
+        None,
+        r"must not block the health path /health",
+    ),
+    (
+        "unknown access log format",
+        {"nginx_lb_access_log_format": "logfmt"},
+        None,
+        r"nginx_lb_access_log_format.*json, combined",
+    ),
 ]
 
 

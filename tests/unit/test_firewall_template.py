@@ -91,8 +91,24 @@ def test_api_role_exports_its_ports_to_every_load_balancer():
             "proto": "tcp",
             "ports": [8001, 8002],
             "sources": ["10.0.0.1", "10.0.0.2"],
-        }
+        },
+        # /metrics on the same ports, for monitoring_sources: none by default.
+        {"name": "rag-photographie metrics", "proto": "tcp", "ports": [8001, 8002], "sources": []},
     ]
+    monitored = evaluate("api", "{{ api_firewall_rules }}", {**variables, "monitoring_sources": ["10.9.0.5"]})
+    assert monitored[1]["sources"] == ["10.9.0.5"]
+    # Rules without sources open nothing.
+    assert not [line for line in rule_lines(ruleset(firewall_rules=[rules[1]])) if "8001" in line]
+
+
+def test_nginx_exporter_port_opens_to_monitoring_sources_only():
+    rules = evaluate("nginx_exporter", "{{ nginx_exporter_firewall_rules }}", {})
+    assert rules == [{"name": "prometheus nginx exporter", "proto": "tcp", "ports": [9113], "sources": []}]
+    rules = evaluate("nginx_exporter", "{{ nginx_exporter_firewall_rules }}", {"monitoring_sources": ["10.9.0.5/32"]})
+    assert rules[0]["sources"] == ["10.9.0.5/32"]
+    assert 'ip saddr { 10.9.0.5/32 } tcp dport { 9113 } accept comment "prometheus nginx exporter"' in ruleset(
+        firewall_rules=rules
+    )
 
 
 def test_api_role_marks_a_load_balancer_without_facts():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 from conftest import api_host
@@ -203,7 +204,7 @@ def test_stub_status_is_loopback_only(render_site):
 
 def test_per_site_logs(render_site):
     config = render_site([api_host("api1", "127.0.0.1", [8001])], nginx_lb_site_name="shop")
-    assert "access_log /var/log/nginx/shop-access.log combined buffer=64k flush=1s;" in config
+    assert "access_log /var/log/nginx/shop-access.log shop_backend_json buffer=64k flush=1s;" in config
     assert "error_log /var/log/nginx/shop-error.log;" in config
     assert "upstream shop_backend {" in config
 
@@ -211,7 +212,54 @@ def test_per_site_logs(render_site):
 def test_access_log_unbuffered_when_asked(render_site):
     config = render_site([api_host("api1", "127.0.0.1", [8001])], nginx_lb_access_log_buffer="")
     lines = sorted({line.strip() for line in config.splitlines() if line.strip().startswith("access_log /")})
-    assert lines == ["access_log /var/log/nginx/rag-photographie-access.log;"]
+    assert lines == ["access_log /var/log/nginx/rag-photographie-access.log rag_photographie_backend_json;"]
+
+
+def json_log_format(config: str) -> str:
+    """The JSON log_format's template: its quoted pieces joined, as nginx joins them."""
+    block = re.search(r"^log_format (\S+) escape=json (.*?);$", config, re.DOTALL | re.MULTILINE)
+    assert block, config
+    return "".join(re.findall(r"'([^']*)'", block.group(2)))
+
+
+def test_json_log_lines_parse_with_retried_upstream_fields(render_site):
+    template = json_log_format(render_site([api_host("api1", "127.0.0.1", [8001, 8002])]))
+    sample = {
+        "$upstream_addr": "127.0.0.1:8001, 127.0.0.1:8002",
+        "$upstream_status": "502, 200",
+        "$upstream_response_time": "0.000, 0.004",
+        "$upstream_connect_time": "-, 0.001",
+        "$request_time": "0.005",
+        "$status": "200",
+        "$body_bytes_sent": "77",
+        "$request_id": "0f" * 16,
+    }
+    line = re.sub(r"\$[a-z_0-9]+", lambda m: sample.get(m.group(0), "x"), template)
+    entry = json.loads(line)
+    assert entry["upstream_addr"] == "127.0.0.1:8001, 127.0.0.1:8002"
+    assert entry["upstream_status"] == "502, 200"
+    assert entry["status"] == 200
+    assert entry["request_id"] == "0f" * 16
+    assert {"time", "remote_addr", "method", "uri", "bytes", "request_time", "upstream_connect_time"} <= set(entry)
+
+
+def test_request_id_goes_to_the_api_and_back_to_the_client(render_site):
+    config = render_site([api_host("api1", "127.0.0.1", [8001])])
+    assert "proxy_set_header X-Request-ID $request_id;" in config
+    assert "add_header X-Request-ID $request_id always;" in config
+    off = render_site([api_host("api1", "127.0.0.1", [8001])], nginx_lb_request_id=False)
+    assert "X-Request-ID" not in off
+
+
+def test_combined_log_format_when_chosen(render_site):
+    config = render_site([api_host("api1", "127.0.0.1", [8001])], nginx_lb_access_log_format="combined")
+    assert "log_format" not in config
+    assert "access_log /var/log/nginx/rag-photographie-access.log combined buffer=64k flush=1s;" in config
+
+
+def test_metrics_path_is_not_proxied(render_site):
+    config = render_site([api_host("api1", "127.0.0.1", [8001])])
+    assert re.search(r"location = /metrics \{\s*return 404;\s*\}", config)
 
 
 def test_ipv6_listener_follows_the_switch(render_site):

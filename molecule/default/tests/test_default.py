@@ -89,6 +89,49 @@ def test_access_log_receives_the_requests(host):
     while marker not in host.file(log).content_string and time.monotonic() < deadline:
         time.sleep(0.5)
     assert marker in host.file(log).content_string
+    line = next(line for line in host.file(log).content_string.splitlines() if marker in line)
+    entry = json.loads(line)
+    assert entry["uri"] == marker
+    assert entry["upstream_addr"] in {f"127.0.0.1:{port}" for port in PORTS}
+    assert entry["upstream_status"] == "200"
+
+
+def test_exporter_flags_match_the_installed_version(host):
+    """Debian 12 ships exporter 0.11 (Go flags, one dash), Debian 13 1.x (two dashes)."""
+    version = host.check_output("dpkg-query -W -f '${Version}' prometheus-nginx-exporter")
+    args = host.file("/etc/default/prometheus-nginx-exporter").content_string
+    dash = "-" if version.startswith("0.") else "--"
+    assert f'ARGS="{dash}nginx.scrape-uri=http://127.0.0.1:80/nginx_status ' in args, (version, args)
+    assert host.service("prometheus-nginx-exporter").is_running
+    assert host.service("prometheus-nginx-exporter").is_enabled
+
+
+def test_exporter_reports_nginx_up_and_counts_requests(host):
+    def total() -> tuple[float, float]:
+        text = host.check_output("curl -sf http://127.0.0.1:9113/metrics")
+        values = dict(line.split(" ", 1) for line in text.splitlines() if line.startswith("nginx_"))
+        return float(values["nginx_up"]), float(values["nginx_http_requests_total"])
+
+    up, first = total()
+    assert up == 1
+    _, second = total()
+    per_scrape = second - first
+    for _ in range(10):
+        assert curl(host, "/")[0] == 200
+    _, third = total()
+    assert third - second == 10 + per_scrape
+
+
+def test_api_metrics_count_its_own_requests(host):
+    def served(port: int) -> float:
+        text = host.check_output(f"curl -sf http://127.0.0.1:{port}/metrics")
+        prefix = 'api_requests_total{route="/health",method="GET",status="200"} '
+        return float(next((line[len(prefix) :] for line in text.splitlines() if line.startswith(prefix)), 0))
+
+    before = served(PORTS[0])
+    for _ in range(4):
+        assert http(host, f"http://127.0.0.1:{PORTS[0]}/health")[0] == 200
+    assert served(PORTS[0]) - before == 4
 
 
 def test_http_redirects_to_https(host):

@@ -17,7 +17,7 @@ import time
 import uuid
 
 import pytest
-from lbtest import CERT, ROLLING_UPDATE, Load, get_host, playbook, tail
+from lbtest import CERT, ROLLING_UPDATE, STATUS, Load, get_host, playbook, tail
 
 testinfra_hosts = ["ha-client"]
 
@@ -141,6 +141,20 @@ def test_one_host_holds_the_address_and_serves_it(host, cacert, settled):
     assert vrrp_state(other) == "BACKUP"
     out = host.check_output(f"curl -sS --cacert {cacert} {URL}")
     assert json.loads(out)["instance"].startswith("ha-api1:")
+
+
+def test_status_shows_one_master_and_the_exporters_see_nginx(host, settled, tmp_path):
+    report_file = tmp_path / "status.json"
+    run = playbook("--check", "-e", f"status_file={report_file}", path=STATUS, timeout=300)
+    assert run.returncode == 0, tail(run)
+    report = json.loads(report_file.read_text())
+    states = {row["host"]: row["vrrp"] for row in report["loadbalancers"]}
+    assert states == {name: ("MASTER" if name == settled else "BACKUP") for name in LBS}, report
+    assert f"MASTER {VIP}" in run.stdout
+    for name in LBS:
+        # Debian 13's exporter 1.x, with its double-dash flags.
+        metrics = get_host(name).check_output("curl -sf http://127.0.0.1:9113/metrics")
+        assert "\nnginx_up 1\n" in metrics, metrics[:500]
 
 
 def test_both_hosts_serve_one_certificate_that_covers_the_address(host):

@@ -1,0 +1,257 @@
+"""What an operator sees, in the separate tiers (issue 14).
+
+- playbooks/status.yml: healthy and read-only (--check, changed=0); a drained
+  instance shown as drained with exit 0; a stopped unit named, exit non-zero;
+- the JSON access log: the client's X-Request-ID is the API's and the log's,
+  upstream_addr names an instance, a request retried after a stopped unit
+  logs both attempts, logrotate while a keep-alive load runs loses nothing,
+  and every line the tests wrote parses;
+- Prometheus: the exporter's nginx_up and request counter, the API's
+  /metrics counts, and both ports open to `monitoring_sources` only.
+
+Runs after test_cluster.py (file order), on the same hosts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import time
+from pathlib import Path
+
+import pytest
+from lbtest import (
+    API_NAME,
+    CERT,
+    DRAIN,
+    PORTS,
+    SITE,
+    STATUS,
+    Load,
+    get_host,
+    playbook,
+    recap,
+    requests_from,
+    said,
+    tail,
+)
+
+LB_URL = "https://lb1/"
+CACERT = "/tmp/lb1-cert.pem"
+ACCESS_LOG = f"/var/log/nginx/{SITE}-access.log"
+EXPORTER = "http://127.0.0.1:9113/metrics"
+
+
+@pytest.fixture(scope="module")
+def hosts():
+    found = {name: get_host(name) for name in ("lb1", "api1", "api2", "outsider")}
+    cert = found["lb1"].file(CERT).content_string
+    found["outsider"].run_expect([0], f"cat > {CACERT} <<'EOF'\n{cert}EOF")
+    return found
+
+
+def address_of(hosts, name: str) -> str:
+    return hosts["lb1"].check_output(f"getent ahostsv4 {name} | awk 'NR==1 {{print $1}}'")
+
+
+def log_entries(lb, pattern: str, seconds: float = 5) -> list[dict]:
+    """Access log lines containing `pattern`, parsed; waits (bounded) for the
+    buffered log's flush (nginx_lb_access_log_flush, 1 s)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        out = lb.run(f"grep -F -- {shlex.quote(pattern)} {ACCESS_LOG}").stdout
+        if out.strip() or time.monotonic() > deadline:
+            return [json.loads(line) for line in out.splitlines() if line.strip()]
+        time.sleep(0.25)
+
+
+def status_run(tmp_path: Path, *args: str):
+    report = tmp_path / "status.json"
+    run = playbook(*args, "-e", f"status_file={report}", path=STATUS, timeout=300)
+    return run, (json.loads(report.read_text()) if report.exists() else None)
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$", line)
+        if not match or match.group(1) != name:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
+        if all(found.get(key) == value for key, value in labels.items()):
+            total += float(match.group(3))
+    return total
+
+
+def scan(outsider, target: str, ports: str) -> dict[int, str]:
+    out = outsider.check_output(f"nmap -Pn -n -T4 --max-retries 1 --host-timeout 60s -p {ports} {target} -oG -")
+    return {int(port): state for port, state in re.findall(r"(\d+)/(\w+)/tcp", out)}
+
+
+def test_status_reports_a_healthy_stack_read_only(hosts, tmp_path):
+    run, report = status_run(tmp_path, "--check")
+    assert run.returncode == 0, tail(run)
+    assert all(counts["changed"] == 0 for counts in recap(run).values()), recap(run)
+    assert "HEALTHY: nothing to report." in run.stdout
+    assert report["healthy"]
+    assert report["problems"] == []
+    assert len(report["instances"]) == 6
+    assert {row["active"] for row in report["instances"]} == {"active"}
+    assert {row["version"] for row in report["instances"]} == {"1.0.0"}
+    assert sorted(row["instance"] for row in report["upstream"]) == sorted(
+        f"{api}:{port}" for api in ("api1", "api2") for port in PORTS
+    )
+    assert all(row["reachable"] for row in report["upstream"]), report["upstream"]
+    assert report["loadbalancers"][0]["config_test"] == "ok"
+    assert report["loadbalancers"][0]["cert_days_left"] >= 300
+
+
+def test_status_shows_a_drained_instance_as_drained(hosts, tmp_path):
+    key = f"{address_of(hosts, 'api1')}:{PORTS[0]}"
+    drain = playbook(path=DRAIN, extra_vars={"drain": [key]})
+    assert drain.returncode == 0, tail(drain)
+    try:
+        run, report = status_run(tmp_path)
+        assert run.returncode == 0, tail(run)
+        row = next(row for row in report["upstream"] if row["server"] == key)
+        assert row["state"] == "drained", row
+        assert row["reachable"], row
+        assert f"{key}  api1:{PORTS[0]}" in run.stdout
+        assert "drained" in run.stdout
+    finally:
+        undrain = playbook(path=DRAIN, extra_vars={"undrain": [key]})
+        assert undrain.returncode == 0, tail(undrain)
+
+
+def test_request_id_reaches_the_api_the_client_and_the_log(hosts):
+    out = hosts["outsider"].check_output(f"curl -s -D - --cacert {CACERT} {LB_URL}")
+    head, _, body = out.replace("\r", "").partition("\n\n")
+    ids = re.findall(r"(?im)^x-request-id: (\S+)$", head)
+    assert len(ids) == 1, head
+    request_id = ids[0]
+    assert re.fullmatch(r"[0-9a-f]{32}", request_id)
+    assert json.loads(body)["request_id"] == request_id
+    entries = log_entries(hosts["lb1"], request_id)
+    assert len(entries) == 1, entries
+    entry = entries[0]
+    assert entry["status"] == 200
+    instance = json.loads(body)["instance"]
+    api, port = instance.split(":")
+    assert entry["upstream_addr"] == f"{address_of(hosts, api)}:{port}"
+    assert entry["upstream_status"] == "200"
+    assert entry["method"] == "GET"
+    assert entry["remote_addr"] == address_of(hosts, "outsider")
+
+
+def test_a_stopped_unit_shows_in_the_log_as_a_retry_and_fails_the_status(hosts, tmp_path):
+    api2 = hosts["api2"]
+    unit = f"{API_NAME}@{PORTS[1]}.service"
+    stopped = f"{address_of(hosts, 'api2')}:{PORTS[1]}"
+    marker = f"retry-{time.time_ns()}"
+    api2.run_expect([0], f"systemctl stop {unit}")
+    try:
+        # Round robin reaches the stopped server within 6 requests; nginx
+        # retries it on the next one. A keep-alive client, like a pool.
+        result = requests_from(hosts["outsider"], f"{LB_URL}?{marker}", 12, cacert=CACERT, keepalive=True)
+        assert result["failed"] == 0, result
+        retried = [e for e in log_entries(hosts["lb1"], marker) if ", " in e["upstream_addr"]]
+        assert retried, "no retried request in the log"
+        first, second = retried[0]["upstream_addr"].split(", ")
+        assert first == stopped, retried[0]
+        assert second != stopped, retried[0]
+        assert retried[0]["upstream_status"] == "502, 200", retried[0]
+        assert retried[0]["status"] == 200
+        assert len(retried[0]["upstream_response_time"].split(", ")) == 2
+
+        run, report = status_run(tmp_path)
+        assert run.returncode != 0, tail(run)
+        assert f"api2: {unit} is inactive (dead)" in report["problems"]
+        assert f"api2: {unit} is inactive" in said(run)
+        assert f"{stopped} (api2:{PORTS[1]}) does not answer" in said(run)
+        assert len(report["problems"]) == 2, report["problems"]
+    finally:
+        api2.run_expect([0], f"systemctl start {unit}")
+
+
+def test_exporter_counts_every_request(hosts):
+    lb = hosts["lb1"]
+    before = lb.check_output(f"curl -s {EXPORTER}")
+    assert metric(before, "nginx_up") == 1, before
+    again = lb.check_output(f"curl -s {EXPORTER}")
+    # Each scrape is itself a request to stub_status.
+    per_scrape = metric(again, "nginx_http_requests_total") - metric(before, "nginx_http_requests_total")
+    result = requests_from(hosts["outsider"], LB_URL, 25, concurrency=5, cacert=CACERT, keepalive=True)
+    assert result["failed"] == 0, result
+    after = lb.check_output(f"curl -s {EXPORTER}")
+    grown = metric(after, "nginx_http_requests_total") - metric(again, "nginx_http_requests_total")
+    assert grown == 25 + per_scrape, (grown, per_scrape)
+
+
+def test_api_metrics_count_requests_per_route_and_status(hosts):
+    lb = hosts["lb1"]
+    targets = [f"http://{address_of(hosts, api)}:{port}/metrics" for api in ("api1", "api2") for port in PORTS]
+
+    def served() -> float:
+        return sum(
+            metric(lb.check_output(f"curl -sf {url}"), "api_requests_total", route="/", method="GET", status="200")
+            for url in targets
+        )
+
+    before = served()
+    result = requests_from(hosts["outsider"], LB_URL, 30, concurrency=3, cacert=CACERT)
+    assert result["failed"] == 0, result
+    assert served() - before == 30
+    sample = lb.check_output(f"curl -sf {targets[0]}")
+    assert 'api_request_duration_seconds_bucket{route="/",method="GET",status="200",le="+Inf"}' in sample
+    # The load balancer does not proxy the metrics to the public.
+    assert (
+        hosts["outsider"].run(f"curl -s -o /dev/null -w '%{{http_code}}' --cacert {CACERT} {LB_URL}metrics").stdout
+        == "404"
+    )
+
+
+def test_monitoring_ports_open_to_monitoring_sources_only(hosts):
+    outsider = hosts["outsider"]
+    assert scan(outsider, "lb1", "9113")[9113] == "filtered"
+    assert scan(outsider, "api1", str(PORTS[0]))[PORTS[0]] == "filtered"
+    monitored = playbook("--tags", "firewall", extra_vars={"monitoring_sources": [address_of(hosts, "outsider")]})
+    assert monitored.returncode == 0, tail(monitored)
+    try:
+        assert scan(outsider, "lb1", "9113")[9113] == "open"
+        assert metric(outsider.check_output("curl -sf http://lb1:9113/metrics"), "nginx_up") == 1
+        assert "api_requests_total" in outsider.check_output(f"curl -sf http://api1:{PORTS[0]}/metrics")
+    finally:
+        closed = playbook("--tags", "firewall")
+        assert closed.returncode == 0, tail(closed)
+    assert scan(outsider, "lb1", "9113")[9113] == "filtered"
+
+
+def test_logrotate_while_keepalive_clients_are_served(hosts):
+    lb = hosts["lb1"]
+    marker = f"rotate-{time.time_ns()}"
+    load = Load(hosts["outsider"], f"{LB_URL}?{marker}", concurrency=5, keepalive=True, cacert=CACERT, min_requests=20)
+    with load:
+        time.sleep(1)
+        lb.run_expect([0], "logrotate -f /etc/logrotate.d/nginx")
+        time.sleep(2)
+    assert load.result["failed"] == 0, load.result
+    assert lb.file(f"{ACCESS_LOG}.1").exists
+    # nginx reopened its log: lines written after the rotation are in the new file.
+    assert log_entries(lb, marker), lb.run(f"ls -l {ACCESS_LOG}*").stdout
+    assert lb.file(ACCESS_LOG).user in ("www-data", "root")
+
+
+def test_every_access_log_line_is_json(hosts):
+    lb = hosts["lb1"]
+    # The buffered log is flushed within 1 s.
+    time.sleep(1.5)
+    lines = lb.check_output(f"cat {ACCESS_LOG} {ACCESS_LOG}.1 2>/dev/null || true").splitlines()
+    assert len(lines) > 100
+    for line in lines:
+        entry = json.loads(line)
+        assert re.fullmatch(r"[0-9a-f]{32}", entry["request_id"]), line
+        assert isinstance(entry["status"], int), line
+        for field in ("upstream_addr", "upstream_status", "upstream_response_time", "upstream_connect_time"):
+            assert isinstance(entry[field], str), line
