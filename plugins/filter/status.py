@@ -189,7 +189,7 @@ def status_table(report: Mapping[str, Any]) -> str:
                 row["options"] or "-",
                 row["state"],
                 "yes" if row["reachable"] else "no",
-                row["health"] or (row["error"] or "-"),
+                row["health"] or "-",
                 row["version"] or "-",
             ]
             for row in report["upstream"]
