@@ -94,7 +94,7 @@ def main() -> None:
     args = parser.parse_args()
     wrk([args.nginx], args.connections, 2)  # warm-up: worker start, upstream keepalive
     through, direct, one_through, one_direct = [], [], [], []
-    for _ in range(args.rounds):
+    for _round in range(args.rounds):
         through.append(wrk([args.nginx], args.connections, args.seconds))
         direct.append(wrk(args.instances, args.connections, args.seconds))
         one_through.append(wrk([args.nginx], 1, args.seconds))

@@ -172,7 +172,7 @@ def run(
             pooled.connection.close()
 
     started = time.monotonic()
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    threads = [threading.Thread(target=worker) for _worker in range(concurrency)]
     for thread in threads:
         thread.start()
     for thread in threads:

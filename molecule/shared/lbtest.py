@@ -47,7 +47,7 @@ def http(host, url: str, cacert: str | None = None, timeout: int = 10, method: s
     args = ["curl", "-s", "-m", str(timeout), "-X", method, "-o", "/dev/stdout", "-w", "\\n%{http_code}"]
     args += ["--cacert", cacert] if cacert else []
     out = host.run(shlex.join([*args, url])).stdout
-    body, _, status = out.rpartition("\n")
+    body, _sep, status = out.rpartition("\n")
     return int(status or 0), body
 
 
@@ -95,7 +95,7 @@ def headers(host, url: str, cacert: str) -> dict[str, str]:
     result = {"status": lines[0]}
     for line in lines[1:]:
         if ":" in line:
-            name, _, value = line.partition(":")
+            name, _sep, value = line.partition(":")
             result[name.strip().lower()] = value.strip()
     return result
 

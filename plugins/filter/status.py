@@ -14,7 +14,7 @@ from typing import Any
 
 
 def _instance(key: str, names: Mapping[str, str]) -> str:
-    address, _, port = key.rpartition(":")
+    address, _sep, port = key.rpartition(":")
     name = names.get(address.strip("[]"))
     return f"{name}:{port}" if name else "-"
 

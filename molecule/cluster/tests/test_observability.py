@@ -127,7 +127,7 @@ def test_status_shows_a_drained_instance_as_drained(hosts, tmp_path):
 
 def test_request_id_reaches_the_api_the_client_and_the_log(hosts):
     out = hosts["outsider"].check_output(f"curl -s -D - --cacert {CACERT} {LB_URL}")
-    head, _, body = out.replace("\r", "").partition("\n\n")
+    head, _sep, body = out.replace("\r", "").partition("\n\n")
     ids = re.findall(r"(?im)^x-request-id: (\S+)$", head)
     assert len(ids) == 1, head
     request_id = ids[0]

@@ -44,7 +44,7 @@ def test_api_unit_active_enabled_and_loopback_only(host, port):
 
 def test_requests_through_nginx_reach_each_instance_equally(host):
     counts: Counter[str] = Counter()
-    for _ in range(30):
+    for _request in range(30):
         status, body = curl(host, "/")
         assert status == 200, body
         counts[json.loads(body)["instance"]] += 1
@@ -114,11 +114,11 @@ def test_exporter_reports_nginx_up_and_counts_requests(host):
 
     up, first = total()
     assert up == 1
-    _, second = total()
+    _up, second = total()
     per_scrape = second - first
-    for _ in range(10):
+    for _request in range(10):
         assert curl(host, "/")[0] == 200
-    _, third = total()
+    _up, third = total()
     assert third - second == 10 + per_scrape
 
 
@@ -129,7 +129,7 @@ def test_api_metrics_count_its_own_requests(host):
         return float(next((line[len(prefix) :] for line in text.splitlines() if line.startswith(prefix)), 0))
 
     before = served(PORTS[0])
-    for _ in range(4):
+    for _request in range(4):
         assert http(host, f"http://127.0.0.1:{PORTS[0]}/health")[0] == 200
     assert served(PORTS[0]) - before == 4
 

@@ -34,6 +34,6 @@ def test_hand_edit_stopped_unit_and_deleted_table_are_reported_then_repaired(hos
     assert host.file(SITE_FILE).content_string == site_before
     assert host.service(STOPPED).is_running
     assert host.run("nft list table inet firewall").rc == 0
-    counts = Counter(json.loads(http(host, "https://localhost/", cacert=CERT)[1])["instance"] for _ in range(30))
+    counts = Counter(json.loads(http(host, "https://localhost/", cacert=CERT)[1])["instance"] for _request in range(30))
     hostname = host.check_output("hostname")
     assert counts == {f"{hostname}:{port}": 10 for port in PORTS}

@@ -41,7 +41,7 @@ def test_the_stack_comes_back_by_itself_after_a_restart(host):
             break
         time.sleep(1)
     counts: Counter[str] = Counter()
-    for _ in range(30):
+    for _request in range(30):
         status, body = http(host, "https://localhost/", cacert=CERT)
         assert status == 200, body
         counts[json.loads(body)["instance"]] += 1

@@ -17,7 +17,7 @@ from lbtest import API_NAME, CERT, PORTS, get_host, playbook, recap, requests_fr
 
 LB = "10.213.50.11"
 API_HOSTS = {"ssh-api1": ("api1", "10.213.50.12"), "ssh-api2": ("api2", "10.213.50.13")}
-TIERS = {"ssh-lb1": LB, **{name: address for name, (_, address) in API_HOSTS.items()}}
+TIERS = {"ssh-lb1": LB, **{name: address for name, (_hostname, address) in API_HOSTS.items()}}
 LB_URL = f"https://{LB}/"
 CACERT = "/tmp/ssh-lb1-ca.pem"
 
@@ -46,7 +46,7 @@ def ssh_port_open(address: str) -> bool:
 
 
 def expected_instances() -> list[str]:
-    return sorted(f"{hostname}:{port}" for hostname, _ in API_HOSTS.values() for port in PORTS)
+    return sorted(f"{hostname}:{port}" for hostname, _address in API_HOSTS.values() for port in PORTS)
 
 
 @pytest.mark.parametrize("name", TIERS)

@@ -154,7 +154,7 @@ def make_certificate(name: str) -> tuple[str, str, str]:
 
 def test_provided_mode_serves_the_given_certificate_and_refuses_a_wrong_key(lb, acme):
     ca, cert, key = make_certificate(LB)
-    _, _, other_key = make_certificate(LB)
+    _ca, _cert, other_key = make_certificate(LB)
     before = lb.file(f"/etc/nginx/tls/{SITE}/fullchain.pem").content_string
 
     run = playbook(

@@ -43,7 +43,7 @@ def run(*argv):
 
 installed = set()
 for line in run("dpkg-query", "-W", "-f", "${Package} ${db:Status-Status}\n", *args["packages"]).splitlines():
-    package, _, status = line.partition(" ")
+    package, _sep, status = line.partition(" ")
     if status == "installed":
         installed.add(package)
 

@@ -72,7 +72,7 @@ if not os.path.exists(path):
     os.close(handle)
     with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as archive:
         add(archive, "src", mode=0o755)
-        for directory in sorted({os.path.dirname(relative) for relative, _ in source} - {""}):
+        for directory in sorted({os.path.dirname(relative) for relative, _data in source} - {""}):
             for depth in range(directory.count("/") + 1):
                 name = "src/" + "/".join(directory.split("/")[: depth + 1])
                 if name not in archive.getnames():

@@ -60,7 +60,7 @@ out["api_build"] = ""
 for key, ref in args["images"].items():
     label = '{{{{ index .Config.Labels "{}" }}}}'.format(args["build_label"]) if key == "api" else ""
     rc, found = run(["docker", "image", "inspect", "-f", "{{.Id}} " + label, ref]) if docker else (1, "")
-    image_id, _, build = found.strip().partition(" ")
+    image_id, _sep, build = found.strip().partition(" ")
     images[key] = image_id if rc == 0 else ""
     if key == "api" and rc == 0:
         out["api_build"] = build.strip().replace("<no value>", "")

@@ -37,7 +37,7 @@ def read(path):
 
 
 def health(key):
-    host, _, port = key.rpartition(":")
+    host, _sep, port = key.rpartition(":")
     connection = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=args["timeout"])
     try:
         connection.request("GET", args["health_path"], headers={"Host": "status", "User-Agent": "lb-status"})
