@@ -13,12 +13,12 @@ export PYTHONDONTWRITEBYTECODE := 1
 # times (much of a scenario is waiting: boots, health checks, drains), then
 # the rolling scenario alone (its timed checks, e.g. kill -9 back
 # in rotation within 5 s under load, need the machine to itself).
-TEST_LANE_A ?= make:lint make:unit cluster methods default:debian13
+TEST_LANE_A ?= make:lint make:unit make:sanity cluster methods default:debian13
 TEST_LANE_B ?= make:input ssh default:debian12 tls
 TEST_LANE_C ?= compose:debian13 ha:debian13
 TEST_ALONE ?= rolling
 
-.PHONY: setup lab lab-destroy test test-quick lint unit input molecule bench bench-converge clean
+.PHONY: setup collection sanity lab lab-destroy test test-quick lint unit input molecule bench bench-converge clean
 
 setup:
 	SETUP_DISTROS="$(sort debian12 debian13 $(LAB_DISTRO))" scripts/setup.sh
@@ -51,6 +51,15 @@ bench-converge: setup
 lab-destroy:
 	ansible-playbook $(LAB_INVENTORY) lab/destroy.yml
 
+# The repository as the collection lbapi.nginx_api: build it and install it
+# into .cache/installed (the default scenario converges with it by FQCN), and
+# ansible-test sanity on the built collection.
+collection:
+	scripts/collection.sh build
+
+sanity:
+	scripts/collection.sh sanity
+
 lint:
 	for script in scripts/*.sh .ci/run; do bash -n "$$script"; done
 	yamllint --strict .
@@ -70,12 +79,12 @@ molecule:
 	scripts/test-lanes.sh --lane "$(filter-out make:%,$(TEST_LANE_A))" \
 	  --lane "$(filter-out make:%,$(TEST_LANE_B))" --lane "$(filter-out make:%,$(TEST_LANE_C))" --alone "$(TEST_ALONE)"
 
-test: setup
+test: setup collection
 	scripts/test-lanes.sh --lane "$(TEST_LANE_A)" --lane "$(TEST_LANE_B)" --lane "$(TEST_LANE_C)" --alone "$(TEST_ALONE)"
 
 # The edit loop: lint, unit tests and the bad-input table in one lane, the
 # seed topology on Debian 12 in the other.
-test-quick: setup
+test-quick: setup collection
 	scripts/test-lanes.sh --lane "make:lint make:unit make:input" --lane "default:debian12"
 
 clean: lab-destroy

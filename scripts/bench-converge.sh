@@ -20,7 +20,7 @@ molecule prepare -s ssh >"$logs/prepare.log" 2>&1
 
 # The environment Molecule gives its own ansible-playbook runs.
 export ANSIBLE_CONFIG="$MOLECULE_EPHEMERAL_DIRECTORY/ansible.cfg"
-export ANSIBLE_ROLES_PATH="$PWD/roles" ANSIBLE_FILTER_PLUGINS="$PWD/plugins/filter"
+export ANSIBLE_ROLES_PATH="$PWD/roles" ANSIBLE_COLLECTIONS_PATH="$PWD/collections"
 export ANSIBLE_CALLBACKS_ENABLED=ansible.posix.profile_tasks PROFILE_TASKS_TASK_OUTPUT_LIMIT=10
 export ANSIBLE_NOCOLOR=1
 

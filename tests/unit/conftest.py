@@ -10,13 +10,16 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-# The roles' filters (plugins/filter), as ansible.cfg points Ansible at them.
-os.environ.setdefault("ANSIBLE_FILTER_PLUGINS", str(ROOT / "plugins" / "filter"))
+# The roles' filters (plugins/filter) by FQCN, lbapi.nginx_api.lb_*: the
+# repository is the collection, through collections/ (as ansible.cfg says).
+os.environ.setdefault("ANSIBLE_COLLECTIONS_PATH", str(ROOT / "collections"))
 
 from ansible.parsing.dataloader import DataLoader  # noqa: E402
+from ansible.plugins.loader import init_plugin_loader  # noqa: E402
 from ansible.template import Templar, trust_as_template  # noqa: E402
 
 ROLES = ROOT / "roles"
+init_plugin_loader([str(ROOT / "collections")])
 
 
 def _trusted(value: Any) -> Any:
