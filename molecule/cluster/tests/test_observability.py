@@ -173,6 +173,12 @@ def test_a_stopped_unit_shows_in_the_log_as_a_retry_and_fails_the_status(hosts, 
         assert len(report["problems"]) == 2, report["problems"]
     finally:
         api2.run_expect([0], f"systemctl start {unit}")
+        # Started is not listening yet: wait (bounded) until it answers, so
+        # the next test finds every instance serving.
+        api2.run_expect(
+            [0],
+            f"for i in $(seq 60); do curl -sf http://{stopped}/health >/dev/null && exit 0; sleep 0.5; done; exit 1",
+        )
 
 
 def test_exporter_counts_every_request(hosts):
