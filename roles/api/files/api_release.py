@@ -1,11 +1,14 @@
 # Build a release of the app on the controller (tasks/install.yml runs it):
-# one tar file holding the app source directory under src/, the pinned requirements and,
-# for a wheelhouse install, the wheels under wheels/. Its name is a digest of
-# what it holds, so an unchanged release is built once and compared as one
-# file. Argument: a JSON object with source, requirements, wheelhouse (a tar
-# file, or "" for an index install), target (extra text for the digest),
-# cache_dir. Prints {"id", "path", "sha1", "src_digest"}; sha1 is the file's
-# checksum as Ansible computes it.
+# one tar file holding the app source directory under src/ (empty for an
+# artifact), the requirements and, for a wheelhouse install, the wheels under
+# wheels/ (an artifact's wheel always). Its name is a digest of what it holds,
+# so an unchanged release is built once and compared as one file. Argument:
+# a JSON object with source (a directory, or "" for an artifact),
+# requirements (a file, or ""), artifact (the app's wheel, or ""),
+# artifact_requirement (its `name==version`, added to the requirements),
+# wheelhouse (a tar file, or "" for an index install), target (extra text for
+# the digest), cache_dir. Prints {"id", "path", "sha1", "src_digest"}; sha1 is
+# the file's checksum as Ansible computes it.
 # src_digest uses the same walk as files/api_probe.py, which computes it on the
 # host, so a hand-edited install is found and replaced.
 import hashlib
@@ -41,14 +44,30 @@ def digest(files):
 
 
 # Under src/ the source keeps its directory name, the package uvicorn imports.
-package = os.path.basename(os.path.normpath(args["source"]))
-source = [(os.path.join(package, relative), data) for relative, data in tree(args["source"])]
+source = []
+if args["source"]:
+    package = os.path.basename(os.path.normpath(args["source"]))
+    source = [(os.path.join(package, relative), data) for relative, data in tree(args["source"])]
 src_digest = digest(source)
-with open(args["requirements"], "rb") as handle:
-    requirements = handle.read()
+requirements = b""
+if args["requirements"]:
+    with open(args["requirements"], "rb") as handle:
+        requirements = handle.read()
+artifact = b""
+if args.get("artifact"):
+    with open(args["artifact"], "rb") as handle:
+        artifact = handle.read()
+    requirements = requirements.rstrip(b"\n") + b"\n" + args["artifact_requirement"].encode() + b"\n"
+    requirements = requirements.lstrip(b"\n")
 release = hashlib.sha256(
     "\n".join(
-        [src_digest, hashlib.sha256(requirements).hexdigest(), os.path.basename(args["wheelhouse"]), args["target"]]
+        [
+            src_digest,
+            hashlib.sha256(requirements).hexdigest(),
+            hashlib.sha256(artifact).hexdigest() if artifact else "",
+            os.path.basename(args["wheelhouse"]),
+            args["target"],
+        ]
     ).encode()
 ).hexdigest()[:16]
 path = os.path.join(args["cache_dir"], f"release-{release}.tar")
@@ -84,8 +103,10 @@ if not os.path.exists(path):
         if args["wheelhouse"]:
             with tarfile.open(args["wheelhouse"]) as wheels:
                 for member in sorted(wheels.getmembers(), key=lambda m: m.name):
-                    if member.isfile():
+                    if member.isfile() and os.path.basename(member.name) != os.path.basename(args.get("artifact", "")):
                         add(archive, "wheels/" + os.path.basename(member.name), wheels.extractfile(member).read())
+        if artifact:
+            add(archive, "wheels/" + os.path.basename(args["artifact"]), artifact)
     os.chmod(partial, 0o644)
     os.replace(partial, path)
 
