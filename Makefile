@@ -12,10 +12,12 @@ export PYTHONDONTWRITEBYTECODE := 1
 # lanes at the same time (scripts/test-lanes.sh), balanced by their measured
 # times (much of a scenario is waiting: boots, health checks, drains), then
 # the rolling scenario alone (its timed checks, e.g. kill -9 back
-# in rotation within 5 s under load, need the machine to itself).
-TEST_LANE_A ?= make:lint make:unit make:sanity cluster methods default:debian13
+# in rotation within 5 s under load, need the machine to itself). Debian 13
+# runs the seed topology in `methods`, the pair in `ha` and the Compose
+# host; Debian 12 everything else.
+TEST_LANE_A ?= make:lint make:unit make:sanity cluster ha:debian13
 TEST_LANE_B ?= make:input ssh default:debian12 tls
-TEST_LANE_C ?= compose:debian13 ha:debian13
+TEST_LANE_C ?= compose:debian13 methods:debian13
 TEST_ALONE ?= rolling
 
 .PHONY: setup collection sanity lab lab-destroy test test-quick lint unit input molecule bench bench-converge clean
