@@ -10,36 +10,14 @@ from __future__ import annotations
 import json
 import os
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 import yaml
-from lbtest import API_NAME, CERT, PORTS, SITE_FILE, Load, get_host, http, playbook, recap, requests_from, tail
+from clustertest import CACERT, LB_URL, resolve, scan
+from lbtest import API_NAME, PORTS, SITE_FILE, Load, http, playbook, recap, requests_from, tail
 
 API_HOSTS = ("api1", "api2")
-LB_URL = "https://lb1/"
-# lb1's self-signed certificate, copied to the outsider to verify HTTPS.
-CACERT = "/tmp/lb1-cert.pem"
-
-
-@pytest.fixture(scope="module")
-def hosts():
-    found = {name: get_host(name) for name in ("lb1", "api1", "api2", "outsider")}
-    cert = found["lb1"].file(CERT).content_string
-    found["outsider"].run_expect([0], f"cat > {CACERT} <<'EOF'\n{cert}EOF")
-    return found
-
-
-def scan(outsider, target: str, ports: str) -> dict[int, str]:
-    """nmap from the outsider: {port: state}, state is open, closed or filtered."""
-    xml = outsider.check_output(f"nmap -Pn -n -T4 --max-retries 1 --host-timeout 60s -p {ports} -oX - {target}")
-    root = ET.fromstring(xml)
-    return {int(p.get("portid")): p.find("state").get("state") for p in root.iter("port")}
-
-
-def resolve(host, name: str) -> str:
-    return host.check_output(f"getent ahostsv4 {name} | awk 'NR==1 {{print $1}}'")
 
 
 def status_from(host, url: str) -> int:

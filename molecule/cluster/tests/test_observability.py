@@ -20,16 +20,14 @@ import shlex
 import time
 from pathlib import Path
 
-import pytest
+from clustertest import CACERT, LB_URL, resolve, scan
 from lbtest import (
     API_NAME,
-    CERT,
     DRAIN,
     PORTS,
     SITE,
     STATUS,
     Load,
-    get_host,
     playbook,
     recap,
     requests_from,
@@ -37,22 +35,13 @@ from lbtest import (
     tail,
 )
 
-LB_URL = "https://lb1/"
-CACERT = "/tmp/lb1-cert.pem"
 ACCESS_LOG = f"/var/log/nginx/{SITE}-access.log"
 EXPORTER = "http://127.0.0.1:9113/metrics"
 
 
-@pytest.fixture(scope="module")
-def hosts():
-    found = {name: get_host(name) for name in ("lb1", "api1", "api2", "outsider")}
-    cert = found["lb1"].file(CERT).content_string
-    found["outsider"].run_expect([0], f"cat > {CACERT} <<'EOF'\n{cert}EOF")
-    return found
-
-
 def address_of(hosts, name: str) -> str:
-    return hosts["lb1"].check_output(f"getent ahostsv4 {name} | awk 'NR==1 {{print $1}}'")
+    """The address lb1 resolves `name` to (the one its upstream and the firewalls see)."""
+    return resolve(hosts["lb1"], name)
 
 
 def log_entries(lb, pattern: str, seconds: float = 5) -> list[dict]:
@@ -83,11 +72,6 @@ def metric(text: str, name: str, **labels: str) -> float:
         if all(found.get(key) == value for key, value in labels.items()):
             total += float(match.group(3))
     return total
-
-
-def scan(outsider, target: str, ports: str) -> dict[int, str]:
-    out = outsider.check_output(f"nmap -Pn -n -T4 --max-retries 1 --host-timeout 60s -p {ports} {target} -oG -")
-    return {int(port): state for port, state in re.findall(r"(\d+)/(\w+)/tcp", out)}
 
 
 def test_status_reports_a_healthy_stack_read_only(hosts, tmp_path):
