@@ -18,6 +18,9 @@ Two client modes:
     sends request after request on it, like a connection pool; a request
     that fails is not retried (the connection is opened again for the next).
 ``--method POST`` sends a small JSON body instead of a GET.
+``--record FILE`` writes one JSON line per request: the wall-clock time it
+was sent and answered, its status, instance, version and error (the drain
+proof ties them to the journal's timestamps).
 
 Only point it at loopback or at the project's own test hosts.
 """
@@ -103,6 +106,7 @@ def run(
     keepalive: bool = False,
     method: str = "GET",
     started_file: str | None = None,
+    record: str | None = None,
 ) -> dict:
     """Keep `concurrency` requests in flight until `requests` were sent, `max_seconds`
     passed or `stop_file` exists (then one more is sent), whichever comes first; count every answer.
@@ -122,6 +126,7 @@ def run(
     # Per tenth of a second of the wall clock (when the request was sent):
     # [sent, failed], so a test can count the requests and failures of a window.
     timeline: dict[int, list[int]] = {}
+    records: list[dict] = []
 
     def more() -> float | None:
         """The wall-clock time the next request is sent at, or None to stop."""
@@ -152,6 +157,17 @@ def run(
             status, instance, version, error = pooled.fetch() if pooled else fetch(url, timeout, context, method)
             with lock:
                 last_answer = time.time()
+                if record:
+                    records.append(
+                        {
+                            "sent": sent_at,
+                            "answered": last_answer,
+                            "status": status,
+                            "instance": instance,
+                            "version": version,
+                            "error": error,
+                        }
+                    )
                 if started_file and len(answered) < concurrency:
                     answered.add(threading.get_ident())
                     if len(answered) == concurrency:
@@ -178,6 +194,9 @@ def run(
     for thread in threads:
         thread.join()
     ok = sum(n for status, n in statuses.items() if 200 <= status < 300)
+    if record:
+        with open(record, "w") as out:
+            out.writelines(json.dumps(line) + "\n" for line in records)
     return {
         "url": url,
         "mode": "keepalive" if keepalive else "per-request",
@@ -211,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keepalive", action="store_true", help="reuse one HTTP/1.1 connection per worker, no retry")
     parser.add_argument("--method", choices=["GET", "POST"], default="GET")
     parser.add_argument("--started-file", help="created once every worker has had an answer")
+    parser.add_argument("--record", help="write one JSON line per request (sent, answered, status, instance, ...)")
     args = parser.parse_args(argv)
     if not 1 <= args.requests <= 1_000_000 or not 1 <= args.concurrency <= 256:
         parser.error("--requests must be 1-1000000 and --concurrency 1-256")
@@ -228,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         args.keepalive,
         args.method,
         args.started_file,
+        args.record,
     )
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")

@@ -227,6 +227,7 @@ class Load:
         keepalive: bool = False,
         method: str = "GET",
         min_requests: int = 100,
+        record: bool = False,
     ):
         self.host = host
         self.keepalive = keepalive
@@ -239,6 +240,9 @@ class Load:
         self.concurrency = concurrency
         self.max_seconds = max_seconds
         self.max_requests = max_requests
+        self.record = record
+        # With record=True: one dict per request (sent, answered, status, instance, version, error).
+        self.records: list[dict] = []
         self.result: dict = {}
         self._dir = f"/tmp/lbtest-load-{uuid.uuid4().hex[:12]}"
         self.event_started = 0.0
@@ -262,6 +266,7 @@ class Load:
             ]
             + ([f"--cacert={self.cacert}"] if self.cacert else [])
             + (["--keepalive"] if self.keepalive else [])
+            + ([f"--record={d}/records.jsonl"] if self.record else [])
         )
         self.host.run_expect(
             [0],
@@ -286,6 +291,9 @@ class Load:
         out = self.host.check_output(f"cat {d}/result.json")
         assert out.strip(), self.host.check_output(f"cat {d}/stderr")
         self.result = json.loads(out.strip().splitlines()[-1])
+        if self.record:
+            lines = self.host.check_output(f"cat {d}/records.jsonl").splitlines()
+            self.records = [json.loads(line) for line in lines]
         self.host.run(f"rm -rf {d}")
         print(json.dumps({k: v for k, v in self.result.items() if k != "timeline"}, sort_keys=True))
         if exc[0] is None:
@@ -293,3 +301,40 @@ class Load:
             assert self.result["first_sent"] < self.event_started, (self.event_started, self.result)
             assert self.result["last_answer"] > self.event_ended, (self.event_ended, self.result)
             assert self.result["requests"] >= self.min_requests, self.result
+
+
+# OpenSSL 3 on Debian allows TLS 1.0/1.1 only at security level 0: the client
+# asks for it, so a refused handshake is the server's refusal.
+TLS11_CLIENT = "openssl s_client -tls1_1 -cipher 'DEFAULT:@SECLEVEL=0' -brief"
+
+
+def tls11_handshake(host, address: str, servername: str) -> tuple[bool, str]:
+    """Whether a TLS 1.1 handshake from `host` to `address` (host:port) succeeds: (ok, what openssl said)."""
+    run = host.run(f"echo | timeout 10 {TLS11_CLIENT} -connect {address} -servername {servername} 2>&1")
+    said = run.stdout + run.stderr
+    return run.rc == 0 and "Protocol version: TLSv1.1" in said, said
+
+
+def tls11_client_works(host) -> str:
+    """The control: the same client completes a TLS 1.1 handshake with a local
+    openssl server that offers it. Returns what the client said."""
+    tmp = f"/tmp/lbtest-tls11-{uuid.uuid4().hex[:8]}"
+    host.run_expect(
+        [0],
+        f"mkdir -p {tmp} && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes"
+        f" -keyout {tmp}/k.pem -out {tmp}/c.pem -subj /CN=tls11 -days 1 2>/dev/null",
+    )
+    try:
+        host.run_expect(
+            [0],
+            f"setsid nohup timeout 20 openssl s_server -quiet -accept 127.0.0.1:14433 -tls1_1"
+            f" -cipher 'DEFAULT:@SECLEVEL=0' -cert {tmp}/c.pem -key {tmp}/k.pem >/dev/null 2>&1 </dev/null &",
+        )
+        host.run_expect(
+            [0], "for i in $(seq 50); do ss -Htln 'sport = :14433' | grep -q . && exit 0; sleep 0.1; done; exit 1"
+        )
+        ok, said = tls11_handshake(host, "127.0.0.1:14433", "tls11")
+    finally:
+        host.run(f"pkill -f 'openssl s_server -quiet -accept 127.0.0.1:14433'; rm -rf {tmp}")
+    assert ok, said
+    return said

@@ -2,7 +2,11 @@
 
 Each case runs `ansible-playbook playbooks/preflight.yml` against an inventory
 of local hosts (lb1; api1 and api2). The preflight plays only read facts and
-validate, so nothing on this machine changes.
+validate, so nothing on this machine changes. The run's JSON result
+(Ansible's json callback) says which task failed, with which message, and
+what each host changed. Each case's exact task and message are in
+expected_failures.json (INPUT_UPDATE_EXPECTED=1 rewrites it from a run, to
+review in the diff); its pattern says what the message must name.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ def preflight(
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_FACT_CACHING": "memory",
         "ANSIBLE_GATHER_SUBSET": "!all,!min,network",
+        "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json",
     }
     return subprocess.run(
         [
@@ -72,6 +77,58 @@ def preflight(
         timeout=120,
         check=False,
     )
+
+
+def outcome(run: subprocess.CompletedProcess) -> tuple[list[dict], dict[str, dict]]:
+    """(the failed task results: [{host, task, msg}], each host's stats) of a json-callback run."""
+    data = json.loads(run.stdout[run.stdout.index("{") :])
+    failures = [
+        {"host": host, "task": task["task"]["name"], "msg": " ".join(str(result.get("msg", "")).split())}
+        for play in data["plays"]
+        for task in play["tasks"]
+        for host, result in task["hosts"].items()
+        if result.get("failed")
+    ]
+    return failures, data["stats"]
+
+
+def nothing_changed(stats: dict[str, dict]) -> bool:
+    return all(counts["changed"] == 0 for counts in stats.values())
+
+
+EXPECTED_FILE = Path(__file__).with_name("expected_failures.json")
+EXPECTED = json.loads(EXPECTED_FILE.read_text()) if EXPECTED_FILE.exists() else {}
+UPDATE = os.environ.get("INPUT_UPDATE_EXPECTED") == "1"
+
+
+@pytest.fixture(scope="session")
+def expected():
+    """case id -> {task, msg}; rewritten at the end of the session with INPUT_UPDATE_EXPECTED=1."""
+    seen: dict[str, dict] = {}
+    yield seen
+    if UPDATE:
+        # Read again: with pytest-xdist each worker merges its own cases in.
+        current = json.loads(EXPECTED_FILE.read_text()) if EXPECTED_FILE.exists() else {}
+        EXPECTED_FILE.write_text(json.dumps({**current, **seen}, indent=1, sort_keys=True) + "\n")
+
+
+def assert_refused(run: subprocess.CompletedProcess, pattern: str, case: str, expected: dict, normalize=None) -> None:
+    """The run failed in one task (on each host it failed on), with the case's
+    exact messages, the first matching its pattern, and no host changed."""
+    output = (run.stdout + run.stderr)[-3000:]
+    assert run.returncode != 0, output
+    failures, stats = outcome(run)
+    assert failures, output
+    assert len({f["task"] for f in failures}) == 1, failures
+    if normalize:
+        failures = [{**f, "msg": normalize(f["msg"])} for f in failures]
+    failures = sorted(failures, key=lambda f: f["host"])
+    assert re.search(pattern, failures[0]["msg"], re.DOTALL), failures[0]
+    assert nothing_changed(stats), stats
+    if UPDATE:
+        expected[case] = failures
+    else:
+        assert failures == EXPECTED[case], (failures, EXPECTED.get(case))
 
 
 def instances(*entries: dict) -> dict:
@@ -220,7 +277,7 @@ CASES = [
         "firewall rule without sources",
         {"firewall_rules": [{"name": "exporter", "ports": [9100]}]},
         None,
-        r"firewall_rules.*sources",
+        r"missing required arguments: sources found in firewall_rules",
     ),
     (
         "ssh sources lock the controller out",
@@ -261,12 +318,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("extra_vars", "api_hosts", "pattern"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_fails_in_preflight_with_a_clear_message(tmp_path, extra_vars, api_hosts, pattern):
-    run = preflight(tmp_path, extra_vars, api_hosts)
-    output = run.stdout + run.stderr
-    assert run.returncode != 0, output[-2000:]
-    assert re.search(pattern, " ".join(output.split()), re.DOTALL), output[-3000:]
+@pytest.mark.parametrize(("case", "extra_vars", "api_hosts", "pattern"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_fails_in_preflight_with_a_clear_message(tmp_path, expected, case, extra_vars, api_hosts, pattern):
+    assert_refused(preflight(tmp_path, extra_vars, api_hosts), pattern, case, expected)
 
 
 def test_valid_input_passes_preflight(tmp_path):
@@ -280,16 +334,24 @@ def test_valid_input_passes_preflight(tmp_path):
     }
     run = preflight(tmp_path, extra)
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
-    assert re.search(r"^lb1\s+: ok=\d+\s+changed=0\s+unreachable=0\s+failed=0", run.stdout, re.MULTILINE)
+    failures, stats = outcome(run)
+    assert failures == []
+    assert nothing_changed(stats), stats
+    assert set(stats) == {"lb1", "api1", "api2"}, stats
 
 
-def test_compose_host_on_debian_12_is_refused_naming_compose_v1(tmp_path):
+def test_compose_host_on_debian_12_is_refused_naming_compose_v1(tmp_path, expected):
     # This machine is Debian 12: as a Compose host it must be refused before any change.
     run = preflight(tmp_path, {}, compose_hosts=["docker1"])
-    output = " ".join((run.stdout + run.stderr).split())
-    assert run.returncode != 0, output[-2000:]
-    assert "Debian 12 ships only Compose v1" in output, output[-3000:]
-    assert re.search(r"docker1\s+: ok=\d+\s+changed=0\s+unreachable=0\s+failed=1", run.stdout), run.stdout[-2000:]
+    # The point release (12.11) is this machine's: the expected message says 12.x.
+    assert_refused(
+        run,
+        "Debian 12 ships only Compose v1",
+        "compose host on debian 12",
+        expected,
+        normalize=lambda msg: re.sub(r"Debian 12\.\d+\.", "Debian 12.x.", msg),
+    )
+    assert outcome(run)[1]["docker1"]["failures"] == 1
 
 
 PAIR = {"lb1": {"lb_ha_vip": "192.0.2.100"}, "lb2": {"lb_ha_vip": "192.0.2.100"}}
@@ -348,21 +410,18 @@ HA_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("extra_vars", "lb_hosts", "pattern"), [c[1:] for c in HA_CASES], ids=[c[0] for c in HA_CASES])
-def test_bad_pair_input_fails_in_preflight_naming_the_variable(tmp_path, extra_vars, lb_hosts, pattern):
-    run = preflight(tmp_path, extra_vars, lb_hosts=lb_hosts)
-    output = run.stdout + run.stderr
-    assert run.returncode != 0, output[-2000:]
-    assert re.search(pattern, " ".join(output.split()), re.DOTALL), output[-3000:]
-    assert "changed=0" in output
-    assert "changed=1" not in output
+@pytest.mark.parametrize(("case", "extra_vars", "lb_hosts", "pattern"), HA_CASES, ids=[c[0] for c in HA_CASES])
+def test_bad_pair_input_fails_in_preflight_naming_the_variable(tmp_path, expected, case, extra_vars, lb_hosts, pattern):
+    assert_refused(preflight(tmp_path, extra_vars, lb_hosts=lb_hosts), pattern, f"pair: {case}", expected)
 
 
 def test_a_valid_pair_passes_preflight(tmp_path):
     run = preflight(tmp_path, {}, lb_hosts=PAIR)
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
-    for host in PAIR:
-        assert re.search(rf"^{host}\s+: ok=\d+\s+changed=0\s+unreachable=0\s+failed=0", run.stdout, re.MULTILINE)
+    failures, stats = outcome(run)
+    assert failures == []
+    assert nothing_changed(stats), stats
+    assert set(PAIR) <= set(stats), stats
 
 
 # api_source as an artifact (molecule/shared/lbtest.py builds tests/app2).
@@ -373,7 +432,7 @@ from lbtest import DEMO2_MODULE, build_demo2  # noqa: E402
 @pytest.fixture(scope="module")
 def demo2(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("demo2")
-    return {"wheel": build_demo2(tmp, "2.0.0", "wheel"), "git": build_demo2(tmp, "2.2.0", "git")}
+    return {"wheel": build_demo2(tmp, "2.0.0", "wheel"), "git": build_demo2(tmp, "2.2.0", "git"), "root": tmp}
 
 
 SOURCE_CASES = [
@@ -406,14 +465,12 @@ SOURCE_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("make_vars", "pattern"), [c[1:] for c in SOURCE_CASES], ids=[c[0] for c in SOURCE_CASES])
-def test_bad_app_source_fails_in_preflight(tmp_path, demo2, make_vars, pattern):
+@pytest.mark.parametrize(("case", "make_vars", "pattern"), SOURCE_CASES, ids=[c[0] for c in SOURCE_CASES])
+def test_bad_app_source_fails_in_preflight(tmp_path, expected, demo2, case, make_vars, pattern):
+    # The artifacts are built in this session's temporary directory.
+    root = str(demo2["root"])
     run = preflight(tmp_path, make_vars(demo2))
-    output = run.stdout + run.stderr
-    assert run.returncode != 0, output[-2000:]
-    assert re.search(pattern, " ".join(output.split())), output[-3000:]
-    assert "Assert that the app source and its requirements are usable" in output
-    assert "changed=1" not in output
+    assert_refused(run, pattern, f"source: {case}", expected, normalize=lambda msg: msg.replace(root, "<tmp>"))
 
 
 def test_artifact_sources_pass_preflight(tmp_path, demo2):
@@ -428,3 +485,35 @@ def test_artifact_sources_pass_preflight(tmp_path, demo2):
     ):
         run = preflight(tmp_path, extra)
         assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+
+
+def deployed_unit(tmp_path: Path, version: str) -> dict:
+    """Extra vars pointing the api role at a unit file that records `version` as deployed."""
+    unit = tmp_path / "api@.service"
+    unit.write_text(f'[Service]\nEnvironment=API_PORT=%i\nEnvironment="API_VERSION={version}"\n')
+    return {"_api_unit_path": str(unit)}
+
+
+def test_an_older_api_version_than_deployed_is_refused(tmp_path, expected):
+    run = preflight(tmp_path, {**deployed_unit(tmp_path, "2.0.0"), "api_version": "1.10.0"})
+    assert_refused(
+        run, r"has rag-photographie 2\.0\.0 deployed, and api_version=1\.10\.0 is older", "downgrade", expected
+    )
+
+
+@pytest.mark.parametrize(
+    ("deployed", "extra"),
+    [
+        ("2.0.0", {"api_version": "1.0.0", "api_allow_downgrade": True}),
+        ("1.9.0", {"api_version": "1.10.0"}),
+        ("2.0.0", {"api_version": "2.0.0"}),
+        ("git-3f2a9c1", {"api_version": "1.0.0"}),
+    ],
+    ids=["downgrade allowed", "numeric order", "same version", "not a dotted number"],
+)
+def test_a_newer_same_or_allowed_api_version_passes(tmp_path, deployed, extra):
+    run = preflight(tmp_path, {**deployed_unit(tmp_path, deployed), **extra})
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    failures, stats = outcome(run)
+    assert failures == []
+    assert nothing_changed(stats), stats

@@ -225,3 +225,16 @@ def test_one_request_is_still_sent_once_the_stop_file_is_there(server, tmp_path)
     )
     assert result["last_answer"] > touched[0], (result["last_answer"], touched)
     assert result["failed"] == 0
+
+
+def test_the_record_has_one_line_per_request_with_its_times(server, tmp_path):
+    record = tmp_path / "records.jsonl"
+    result = lb_requests.run(server + "/", requests=7, concurrency=2, timeout=5, max_seconds=30, record=str(record))
+    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    assert len(lines) == result["requests"] == 7
+    assert sorted(line["instance"] for line in lines) == sorted(
+        f"fake:{port}" for port, count in ((8001, 3), (8002, 2), (8003, 2)) for _ in range(count)
+    )
+    for line in lines:
+        assert result["first_sent"] <= line["sent"] <= line["answered"] <= result["last_answer"]
+        assert (line["status"], line["version"], line["error"]) == (200, "9", None)

@@ -268,9 +268,32 @@ def test_ipv6_listener_follows_the_switch(render_site):
     assert "listen [::]:80 default_server;" in render_site(hosts, nginx_lb_listen_ipv6=True)
 
 
-def test_rendering_is_stable(render_site):
-    hosts = [api_host("api1", "127.0.0.1", [8001, 8002])]
-    assert render_site(hosts) == render_site(hosts)
+def test_rendering_does_not_depend_on_the_order_of_mappings(render_site):
+    """The same inventory with its mappings in another order (hostvars, each
+    host's variables, each instance's options) renders the same file, byte
+    for byte: the upstream follows the group's order, options a fixed order."""
+    instances = [{"port": 8001, "weight": 2, "max_fails": 1, "fail_timeout": "5s"}, {"port": 8002, "max_conns": 9}]
+    hosts = [
+        api_host("api1", "10.0.0.11", [8001, 8002], api_instances=instances),
+        api_host("api2", "10.0.0.12", [8001, 8002], api_instances=instances),
+    ]
+    groups = {"api_servers": ["api1", "api2"], "loadbalancers": ["lb1"]}
+    first = render_site(hosts, groups=groups)
+    shuffled = [
+        {
+            **dict(reversed(list(host.items()))),
+            "api_instances": [dict(reversed(list(entry.items()))) for entry in instances],
+        }
+        for host in reversed(hosts)
+    ]
+    assert render_site(shuffled, groups=groups) == first
+    assert server_options(first) == {
+        "10.0.0.11:8001": "weight=2 max_fails=1 fail_timeout=5s",
+        "10.0.0.12:8001": "weight=2 max_fails=1 fail_timeout=5s",
+        "10.0.0.11:8002": "max_fails=1 fail_timeout=2s max_conns=9",
+        "10.0.0.12:8002": "max_fails=1 fail_timeout=2s max_conns=9",
+    }
+    assert upstream_servers(first) == ["10.0.0.11:8001", "10.0.0.12:8001", "10.0.0.11:8002", "10.0.0.12:8002"]
 
 
 def test_starts_with_the_ansible_managed_header(render_site):

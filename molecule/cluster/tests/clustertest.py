@@ -12,8 +12,10 @@ CACERT = "/tmp/lb1-cert.pem"
 
 
 def scan(outsider, target: str, ports: str) -> dict[int, str]:
-    """nmap from the outsider: {port: state}, state is open, closed or filtered."""
-    xml = outsider.check_output(f"nmap -Pn -n -T4 --max-retries 1 --host-timeout 60s -p {ports} -oX - {target}")
+    """nmap from the outsider: {port: state}, state is open, closed or filtered.
+    An IPv6 target (link-local with its %interface) is scanned with -6."""
+    six = "-6 " if ":" in target else ""
+    xml = outsider.check_output(f"nmap {six}-Pn -n -T4 --max-retries 1 --host-timeout 60s -p {ports} -oX - {target}")
     root = ET.fromstring(xml)
     return {int(p.get("portid")): p.find("state").get("state") for p in root.iter("port")}
 
@@ -21,3 +23,9 @@ def scan(outsider, target: str, ports: str) -> dict[int, str]:
 def resolve(host, name: str) -> str:
     """The IPv4 address `name` has, as `host` resolves it."""
     return host.check_output(f"getent ahostsv4 {name} | awk 'NR==1 {{print $1}}'")
+
+
+def link_local(host) -> str:
+    """The IPv6 link-local address of the host's eth0 (IPv6 is on in its container)."""
+    out = host.check_output("ip -6 -o addr show dev eth0 scope link")
+    return out.split()[3].split("/")[0]

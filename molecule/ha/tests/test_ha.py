@@ -296,7 +296,7 @@ def test_rolling_update_through_the_address_drains_on_both_load_balancers(host, 
             run = playbook(extra_vars={"api_version": "1.1.0"}, path=ROLLING_UPDATE)
             assert run.returncode == 0, tail(run)
     finally:
-        back = playbook(path=ROLLING_UPDATE)
+        back = playbook(extra_vars={"api_allow_downgrade": True}, path=ROLLING_UPDATE)
         assert back.returncode == 0, tail(back)
     for load in (through_vip, through_backup):
         assert load.result["failed"] == 0, load.result

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import uuid
 
 import pytest
 from lbtest import (
@@ -20,6 +21,7 @@ from lbtest import (
     DRAIN,
     PORTS,
     ROLLING_UPDATE,
+    SITE,
     SITE_FILE,
     Load,
     http,
@@ -47,9 +49,10 @@ def down_lines(host) -> list[str]:
 @pytest.fixture(scope="module", autouse=True)
 def inventory_version_at_the_end(host):
     """The tests release other versions; at the end the inventory's release is
-    rolled back out, so the check-mode pass sees the converged state."""
+    rolled back out (on purpose: api_allow_downgrade), so the check-mode pass
+    sees the converged state."""
     yield
-    run = playbook(path=ROLLING_UPDATE)
+    run = playbook(extra_vars={"api_allow_downgrade": True}, path=ROLLING_UPDATE)
     assert run.returncode == 0, tail(run)
 
 
@@ -57,6 +60,53 @@ def rolling_update(**extra_vars):
     started = time.monotonic()
     run = playbook(extra_vars=extra_vars, path=ROLLING_UPDATE)
     return run, round(time.monotonic() - started, 1)
+
+
+def at_version(host, version: str) -> None:
+    """The state a test starts from: every instance on `version` (a rolling
+    update, backwards too; nothing to do when they run it already)."""
+    if set(versions(host).values()) != {version}:
+        run, _seconds = rolling_update(api_version=version, api_allow_downgrade=True)
+        assert run.returncode == 0, tail(run)
+    assert versions(host) == dict.fromkeys(PORTS, version)
+
+
+def next_major(host) -> str:
+    """A version newer than every instance runs."""
+    return f"{max(int(v.split('.')[0]) for v in versions(host).values()) + 1}.0.0"
+
+
+def journal(host, since: float, *selectors: str) -> list[tuple[float, str]]:
+    """(wall-clock time, message) of the journal entries matching `selectors` since `since`."""
+    out = host.check_output(
+        f"journalctl --no-pager -o json --since=@{since:.0f} {' '.join(selectors)} --output-fields=MESSAGE"
+    )
+    entries = [json.loads(line) for line in out.splitlines() if line.strip()]
+    return [(int(e["__REALTIME_TIMESTAMP"]) / 1e6, e.get("MESSAGE", "")) for e in entries]
+
+
+def clock(at: float) -> str:
+    """A wall-clock time as HH:MM:SS.mmm (UTC)."""
+    return time.strftime("%H:%M:%S", time.gmtime(at)) + f".{int(at % 1 * 1000):03d}"
+
+
+def drain_times(host, since: float) -> dict[int, dict[str, float]]:
+    """Per port, when the drain command refused it (the playbook's drain
+    began) and when systemd began stopping the old instance."""
+    refused = {
+        int(message.split()[1]): at
+        for at, message in reversed(journal(host, since, f"-t {API_NAME}-drain"))
+        if message.startswith("refuse ")
+    }
+    times = {}
+    for port, refused_at in refused.items():
+        stopping = [
+            at
+            for at, message in journal(host, since, f"-u {API_NAME}@{port}.service")
+            if message.startswith("Stopping") and at >= refused_at
+        ]
+        times[port] = {"refused": refused_at, "stopping": min(stopping)}
+    return times
 
 
 @pytest.mark.parametrize("port", PORTS)
@@ -114,35 +164,67 @@ def test_reload_with_a_changed_upstream_under_load(host):
 
 
 def test_rolling_update_under_load_with_slow_requests_in_flight(host):
-    host.run_expect([0], "rm -rf /tmp/slow && mkdir -p /tmp/slow")
-    # Three requests that take 4 s, one per instance (round robin), in flight
-    # while the first instances are drained.
-    for i in range(3):
-        host.run_expect(
-            [0],
-            f"setsid nohup curl -s -m 30 -o /dev/null -w '%{{http_code}}' "
-            f"'http://localhost/slow?seconds=4&n={i}' >/tmp/slow/{i} 2>/dev/null </dev/null &",
+    """1.0.0 to 2.0.0 under three clients (per request GET, pooled GET, pooled
+    POST), and slow clients that keep 18 requests of 1.5-2.5 s in flight. The
+    journal says when the drain of each instance began (the drain command's
+    log) and when systemd began stopping it; the slow clients' records say
+    when each request was sent and answered, by which instance and version."""
+    at_version(host, "1.0.0")
+    since = time.time() - 1
+    # 18 slow requests always in flight (three durations, so they do not
+    # finish in step): each instance holds some at any moment.
+    slow_loads = [
+        Load(
+            host,
+            f"{URL}slow?seconds={seconds}",
+            concurrency=6,
+            keepalive=True,
+            pause=0,
+            timeout=15,
+            min_requests=12,
+            record=True,
         )
+        for seconds in (1.5, 2, 2.5)
+    ]
     with (
         Load(host, URL, concurrency=10) as load,
         Load(host, URL, concurrency=10, keepalive=True) as pooled,
         Load(host, URL, concurrency=4, keepalive=True, method="POST") as posts,
+        slow_loads[0],
+        slow_loads[1],
+        slow_loads[2],
     ):
         run, seconds = rolling_update(api_version="2.0.0")
     assert run.returncode == 0, tail(run)
     print(f"rolling update to 2.0.0: {seconds} s")
-    for client in (load, pooled, posts):
-        print(client.result["mode"], client.result["method"], json.dumps(client.result))
+    for client in (load, pooled, posts, *slow_loads):
+        print(client.result["mode"], client.result["method"], client.result["url"], json.dumps(client.result))
         assert client.result["failed"] == 0, client.result
         assert "2.0.0" in client.result["versions"], client.result
         assert "1.0.0" in client.result["versions"], client.result
     # No nginx reload: the drain is the instances refusing new connections.
     assert "Reload the nginx service" not in run.stdout
-    slow = [host.check_output(f"cat /tmp/slow/{i}") for i in range(3)]
-    print("slow requests in flight during the drain:", slow)
-    assert slow == ["200", "200", "200"]
     assert versions(host) == dict.fromkeys(PORTS, "2.0.0")
     assert down_lines(host) == []
+
+    records = [record for slow in slow_loads for record in slow.records]
+    times = drain_times(host, since)
+    assert sorted(times) == list(PORTS), times
+    for port, at in times.items():
+        old = [r for r in records if r["instance"] == f"rolling:{port}" and r["version"] == "1.0.0"]
+        in_flight = [r for r in old if r["sent"] < at["refused"] < r["answered"]]
+        after = [r for r in old if r["sent"] > at["refused"]]
+        print(
+            f"port {port}: drain began {clock(at['refused'])}, systemd stopping it {clock(at['stopping'])};"
+            f" {len(in_flight)} slow requests in flight at the drain, {len(after)} sent after it on open"
+            f" connections, the last old answer {clock(max(r['answered'] for r in old))}"
+        )
+        # The proof: requests in flight when the drain began finished with 200
+        # from the old instance, before systemd began stopping it.
+        assert in_flight, (port, at, old)
+        for request in in_flight + after:
+            assert request["status"] == 200, request
+            assert request["answered"] < at["stopping"], (port, at, request)
 
 
 def test_a_drain_request_for_an_unknown_server_fails_and_changes_nothing(host):
@@ -158,6 +240,7 @@ def test_a_drain_request_for_an_unknown_server_fails_and_changes_nothing(host):
 
 
 def test_failed_rolling_update_stays_drained_and_a_rerun_resumes(host):
+    at_version(host, "2.0.0")
     # A release whose app cannot start: the first instance never gets healthy.
     with Load(host, URL, concurrency=20) as load:
         run, seconds = rolling_update(api_version="3.0.0", api_module="app.api:no_such_app", api_health_timeout=8)
@@ -175,8 +258,9 @@ def test_failed_rolling_update_stays_drained_and_a_rerun_resumes(host):
     assert set(after["instances"]) == {"rolling:8002", "rolling:8003"}, after
     assert set(after["versions"]) == {"2.0.0"}, after
 
-    # A plain site.yml run keeps it drained: the drain is state, not an edit.
-    site = playbook(extra_vars={"api_version": "2.0.0"})
+    # A site.yml run keeps it drained: the drain is state, not an edit. (The
+    # code on disk is 3.0.0's: going back to 2.0.0 is a rollback on purpose.)
+    site = playbook(extra_vars={"api_version": "2.0.0", "api_allow_downgrade": True})
     assert site.returncode == 0, tail(site)
     assert down_lines(host) == ["server 127.0.0.1:8001 max_fails=1 fail_timeout=2s down;"]
     kept = requests_from(host, URL, 30)
@@ -190,3 +274,110 @@ def test_failed_rolling_update_stays_drained_and_a_rerun_resumes(host):
     assert versions(host) == dict.fromkeys(PORTS, "3.0.0")
     assert down_lines(host) == []
     assert all(counters["failed"] == 0 for counters in recap(rerun).values())
+
+
+def test_past_the_drain_timeout_the_restart_warns_with_the_count_and_requests_in_flight_finish(host):
+    """api_drain_timeout=2 with a 30-second request (the /slow cap) held open
+    on 8001 directly, sent before the run so it is in flight at the drain:
+    the drain gives up after 2 s and says how many connections are open; the
+    restart lets the request in flight finish (uvicorn's graceful stop, within
+    TimeoutStopSec) before the new process starts."""
+    target = next_major(host)
+    since = time.time() - 1
+    marker = f"/tmp/lbtest-slow-{uuid.uuid4().hex[:8]}"
+    host.run_expect(
+        [0],
+        f'setsid nohup sh -c \'date +%s.%N; curl -s -m 45 -o /dev/null -w "%{{http_code}}\\n" '
+        f"http://127.0.0.1:8001/slow?seconds=30; echo; date +%s.%N' >{marker} 2>&1 </dev/null &",
+    )
+    try:
+        host.run_expect(
+            [0],
+            "for i in $(seq 50); do [ $(ss -Htn state established '( dport = :8001 )' | wc -l) -gt 0 ] && exit 0;"
+            " sleep 0.1; done; exit 1",
+        )
+        run, seconds = rolling_update(api_version=target, api_drain_timeout=2)
+        assert run.returncode == 0, tail(run)
+        warning = re.search(
+            rf"WARNING: (\d+) connection\(s\) to {API_NAME}@8001 were still open after api_drain_timeout=2 s\."
+            r" Restarting anyway",
+            said(run),
+        )
+        assert warning, tail(run)
+        assert int(warning.group(1)) >= 1
+        host.run_expect([0], f"for i in $(seq 450); do [ $(wc -l <{marker}) -ge 4 ] && exit 0; sleep 0.1; done; exit 1")
+        started, status, _blank, ended = host.check_output(f"cat {marker}").splitlines()
+    finally:
+        host.run(f"rm -f {marker}")
+    at = drain_times(host, since)[8001]
+    print(
+        f"drain timeout: run {seconds} s; {warning.group(0)}; the 30 s request sent {clock(float(started))},"
+        f" drain began {clock(at['refused'])}, systemd stopping {clock(at['stopping'])},"
+        f" answered {status} at {clock(float(ended))}"
+    )
+    assert status == "200"
+    assert float(started) < at["refused"] < at["stopping"] < float(ended), (started, ended, at)
+    assert versions(host) == dict.fromkeys(PORTS, target)
+
+
+def test_a_drain_nginx_rejects_is_rolled_back_and_nginx_keeps_serving(host):
+    """A drain goes through nginx -t like every change: with a broken file in
+    conf.d the drain fails with nginx's message, the site and the drain state
+    stay as they were, nginx is not reloaded, and every instance still serves."""
+    state = f"/var/lib/nginx-lb/{SITE}.json"
+    broken = f"/etc/nginx/conf.d/lbtest-broken-{uuid.uuid4().hex[:8]}.conf"
+    site_before = host.file(SITE_FILE).sha256sum
+    state_before = host.run(f"cat {state}").stdout
+    workers_before = host.check_output("pgrep -d, -xf 'nginx: worker process'")
+    try:
+        host.run_expect([0], f"echo 'this_is_no_directive on;' > {broken}")
+        with Load(host, URL, concurrency=5, keepalive=True, min_requests=50) as load:
+            run = playbook(extra_vars={"drain": ["127.0.0.1:8001"]}, path=DRAIN)
+        assert run.returncode != 0
+        assert "nginx rejected the new configuration of site" in said(run), tail(run)
+        assert "the previous one is back in place and nginx was not reloaded" in said(run), tail(run)
+        assert 'unknown directive "this_is_no_directive"' in said(run), tail(run)
+        assert host.file(SITE_FILE).sha256sum == site_before
+        assert host.run(f"cat {state}").stdout == state_before
+        assert host.check_output("pgrep -d, -xf 'nginx: worker process'") == workers_before
+    finally:
+        host.run(f"rm -f {broken}")
+    assert load.result["failed"] == 0, load.result
+    assert host.run("nginx -t").rc == 0
+    served = requests_from(host, URL, 30)
+    assert served["instances"] == {f"rolling:{port}": 10 for port in PORTS}, served
+
+
+def test_site_yml_refuses_to_roll_a_release_back_unless_asked(host):
+    """After a release the inventory still says 1.0.0: a plain site.yml is
+    refused in the preflight (nothing changes); with api_allow_downgrade it
+    rolls back drained, as a release does, under pooled and per-request load."""
+    if set(versions(host).values()) == {"1.0.0"}:
+        at_version(host, "2.0.0")
+    released = versions(host)
+    site_before = host.file(SITE_FILE).sha256sum
+    run = playbook()
+    assert run.returncode != 0
+    deployed = released[PORTS[0]]
+    assert (
+        f"{host.backend.host} has {API_NAME} {deployed} deployed, and api_version=1.0.0 is older: this run would"
+        f" roll the release back. Nothing was changed. If {deployed} is the release, put"
+        f' api_version: "{deployed}" in the inventory' in said(run)
+    ), tail(run)
+    assert "TASK [api : Assert that api_version does not move this host backwards]" in run.stdout, tail(run)
+    assert all(counters["changed"] == 0 for counters in recap(run).values()), tail(run)
+    assert versions(host) == released
+    assert host.file(SITE_FILE).sha256sum == site_before
+
+    with (
+        Load(host, URL, concurrency=5) as single,
+        Load(host, URL, concurrency=5, keepalive=True) as pooled,
+        Load(host, URL, concurrency=3, keepalive=True, method="POST") as posts,
+    ):
+        back = playbook(extra_vars={"api_allow_downgrade": True})
+    assert back.returncode == 0, tail(back)
+    assert versions(host) == dict.fromkeys(PORTS, "1.0.0")
+    for client in (single, pooled, posts):
+        assert client.result["failed"] == 0, client.result
+    # site.yml restarted each instance through the drain (the restart entry point).
+    assert len(re.findall(r"TASK \[api : Refuse new connections to port 80\d\d\]", back.stdout)) == len(PORTS)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import datetime
 import json
+import uuid
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from lbtest import SITE, get_host, headers, playbook, recap, said, tail
+from lbtest import SITE, get_host, headers, playbook, recap, said, tail, tls11_client_works, tls11_handshake
 
 LB = "lb-tls"
 ROOT = "/tmp/pebble-root.pem"
@@ -94,14 +95,13 @@ def test_unknown_host_and_sni_are_rejected(acme):
 
 
 def test_testssl_finds_nothing_high_and_only_tls12_tls13(acme):
-    report = "/tmp/testssl.json"
-    acme.run(f"rm -f {report}")
+    report = f"/tmp/lbtest-testssl-{uuid.uuid4().hex[:8]}.json"
     acme.run(
         f"timeout 300 testssl --quiet --color 0 --warnings off --add-ca {ROOT} -p -s -f -P -S -h -U "
-        f"--jsonfile {report} https://{LB}/ >/tmp/testssl.out 2>&1"
+        f"--jsonfile {report} https://{LB}/ >{report}.out 2>&1"
     )
     # Debian's testssl.sh package installs the command as `testssl`.
-    assert acme.file(report).exists, acme.check_output("tail -20 /tmp/testssl.out")
+    assert acme.file(report).exists, acme.check_output(f"tail -20 {report}.out")
     findings = json.loads(acme.file(report).content_string)
     assert len(findings) > 20, findings
     bad = [f for f in findings if f.get("severity") in ("HIGH", "CRITICAL")]
@@ -119,8 +119,25 @@ def test_testssl_finds_nothing_high_and_only_tls12_tls13(acme):
         assert by_id[protocol]["finding"].startswith("offered"), by_id[protocol]
 
 
-def make_certificate(name: str) -> tuple[str, str, str]:
-    """A CA and a certificate for `name` signed by it: (ca_pem, cert_pem, key_pem)."""
+def test_a_tls11_handshake_is_refused_by_the_server(acme):
+    # The control: this client completes TLS 1.1 with a server that offers it,
+    # so its failure against lb-tls is lb-tls's refusal.
+    tls11_client_works(acme)
+    ok, said = tls11_handshake(acme, f"{LB}:443", LB)
+    assert not ok, said
+    assert "alert" in said, said
+
+
+def key_leaked(key_pem: str, text: str) -> bool:
+    """Whether any line of the key's base64 body shows in `text`: raw, or
+    escaped on one line as Ansible prints a multi-line value."""
+    body = [line for line in key_pem.splitlines() if line and not line.startswith("-----")]
+    return any(line in text for line in body) or "".join(body) in text.replace("\\n", "")
+
+
+def make_certificate(name: str, days: int = 30) -> tuple[str, str, str]:
+    """A CA and a certificate for `name` signed by it, valid until `days` from
+    now (negative: expired): (ca_pem, cert_pem, key_pem)."""
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test Company CA")])
@@ -142,8 +159,8 @@ def make_certificate(name: str) -> tuple[str, str, str]:
         .issuer_name(ca_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=30))
+        .not_valid_before(now - datetime.timedelta(days=max(0, -days) + 30))
+        .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
@@ -164,29 +181,87 @@ def test_provided_mode_serves_the_given_certificate_and_refuses_a_wrong_key(lb, 
     assert "the key does NOT match the certificate" in said(run), tail(run)
     assert all(c["changed"] == 0 for c in recap(run).values()), tail(run)
     assert lb.file(f"/etc/nginx/tls/{SITE}/fullchain.pem").content_string == before
-    assert other_key not in run.stdout + run.stderr
+    # The detector finds the key as Ansible would print it (JSON-escaped):
+    assert key_leaked(other_key, json.dumps({"msg": other_key}))
+    assert not key_leaked(other_key, run.stdout + run.stderr)
 
     run = playbook(
         extra_vars={"nginx_lb_tls_mode": "provided", "nginx_lb_tls_certificate": cert, "nginx_lb_tls_key": key}
     )
     assert run.returncode == 0, tail(run)
-    assert key not in run.stdout + run.stderr
-    acme.run_expect([0], f"cat > /tmp/company-ca.pem <<'EOF'\n{ca}EOF")
-    assert acme.run(f"curl -sf --cacert /tmp/company-ca.pem https://{LB}/health").rc == 0
+    assert not key_leaked(key, run.stdout + run.stderr)
+    company_ca = f"/tmp/lbtest-company-ca-{uuid.uuid4().hex[:8]}.pem"
+    acme.run_expect([0], f"cat > {company_ca} <<'EOF'\n{ca}EOF")
+    assert acme.run(f"curl -sf --cacert {company_ca} https://{LB}/health").rc == 0
     assert lb.file(f"/etc/nginx/tls/{SITE}/privkey.pem").mode == 0o600
+
+
+def served_fingerprint(acme) -> str:
+    """The fingerprint of the certificate lb-tls serves, as the client sees it."""
+    return acme.check_output(
+        f"openssl s_client -connect {LB}:443 -servername {LB} </dev/null 2>/dev/null | openssl x509 -noout -fingerprint"
+    )
+
+
+def test_an_expired_provided_certificate_is_refused_before_any_change(lb, acme):
+    _ca, cert, key = make_certificate(LB, days=-1)
+    served = served_fingerprint(acme)
+    run = playbook(
+        extra_vars={"nginx_lb_tls_mode": "provided", "nginx_lb_tls_certificate": cert, "nginx_lb_tls_key": key}
+    )
+    assert run.returncode != 0
+    not_after = x509.load_pem_x509_certificate(cert.encode()).not_valid_after_utc.strftime("%Y%m%d%H%M%SZ")
+    assert "The provided TLS material is unusable: the key matches the certificate (" in said(run), tail(run)
+    assert f"), which expired on {not_after}." in said(run), tail(run)
+    assert "TASK [nginx_lb : Assert that the key matches the certificate, which is still valid]" in run.stdout
+    assert all(c["changed"] == 0 for c in recap(run).values()), tail(run)
+    assert not key_leaked(key, run.stdout + run.stderr)
+    # Still serving the certificate it had.
+    assert served_fingerprint(acme) == served
+
+
+def test_the_acme_deploy_hook_keeps_the_previous_certificate_when_nginx_refuses_the_new_one(lb, acme):
+    """certbot runs the hook after a renewal: here the renewed lineage holds a
+    key that does not match its certificate. nginx -t refuses it; the hook
+    puts the previous files back, exits 1, and nginx keeps serving."""
+    live = f"/etc/letsencrypt/live/{SITE}"
+    tls = f"/etc/nginx/tls/{SITE}"
+    saved = f"/root/lbtest-live-{uuid.uuid4().hex[:8]}"
+    before = lb.check_output(f"sha256sum {tls}/fullchain.pem {tls}/privkey.pem")
+    served = served_fingerprint(acme)
+    # Worker processes change at a reload: the same ones after means no reload
+    # (-x: not those of an earlier reload still "shutting down").
+    workers = lb.check_output("pgrep -d, -xf 'nginx: worker process'")
+    _ca, _cert, other_key = make_certificate(LB)
+    lb.run_expect([0], f"cp -a {live} {saved}")
+    try:
+        lb.run_expect([0], f"rm {live}/privkey.pem && cat > {live}/privkey.pem <<'EOF'\n{other_key}EOF")
+        hook = lb.run(f"RENEWED_LINEAGE={live} /usr/local/sbin/nginx-lb-deploy-{SITE}")
+    finally:
+        lb.run(f"rm -rf {live} && mv {saved} {live}")
+    assert hook.rc == 1, hook
+    assert f"nginx refused the new certificate of {live}; kept the previous one" in hook.stderr, hook
+    assert lb.check_output(f"sha256sum {tls}/fullchain.pem {tls}/privkey.pem") == before
+    assert not lb.file(f"{tls}/fullchain.pem.previous").exists
+    assert lb.run("nginx -t").rc == 0
+    assert lb.check_output("pgrep -d, -xf 'nginx: worker process'") == workers
+    assert served_fingerprint(acme) == served
 
 
 def test_switching_off_selfsigned_acme_converges_then_changes_nothing(lb, acme):
     run = playbook(extra_vars={"nginx_lb_tls_mode": "off"})
     assert run.returncode == 0, tail(run)
-    assert acme.run(f"curl -s -m 5 https://{LB}/").rc != 0
+    # Off: nothing listens on 443 (curl -k would take any certificate).
+    assert lb.check_output("ss -Htln 'sport = :443'") == ""
+    assert acme.run(f"curl -sk -m 5 https://{LB}/").rc == 7
     assert json.loads(acme.check_output(f"curl -s http://{LB}/health"))["status"] == "ok"
 
     run = playbook(extra_vars={"nginx_lb_tls_mode": "selfsigned"})
     assert run.returncode == 0, tail(run)
     lb_cert = lb.file(f"/etc/nginx/tls/{SITE}/fullchain.pem").content_string
-    acme.run_expect([0], f"cat > /tmp/lb-selfsigned.pem <<'EOF'\n{lb_cert}EOF")
-    assert acme.run(f"curl -sf --cacert /tmp/lb-selfsigned.pem https://{LB}/health").rc == 0
+    selfsigned = f"/tmp/lbtest-selfsigned-{uuid.uuid4().hex[:8]}.pem"
+    acme.run_expect([0], f"cat > {selfsigned} <<'EOF'\n{lb_cert}EOF")
+    assert acme.run(f"curl -sf --cacert {selfsigned} https://{LB}/health").rc == 0
 
     # Back to the inventory's mode, acme: a fresh certificate from pebble.
     run = playbook()
