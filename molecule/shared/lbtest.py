@@ -303,6 +303,97 @@ class Load:
             assert self.result["requests"] >= self.min_requests, self.result
 
 
+def reloads(run: subprocess.CompletedProcess) -> int:
+    """How many times the run reloaded nginx (its handler ran)."""
+    return run.stdout.count("Reload the nginx service]")
+
+
+def assert_reload_losses_bounded(result: dict, reload_count: int) -> None:
+    """What a keep-alive client may lose at nginx reloads: a request sent on a
+    connection just as the old worker closed it (it was idle). Only such
+    connection errors, no error answer, at most one per connection per reload."""
+    assert set(result["statuses"]) <= {"200", "0"}, result
+    assert set(result["errors"]) <= {"RemoteDisconnected", "ConnectionResetError", "BrokenPipeError"}, result
+    assert result["failed"] <= result["concurrency"] * reload_count, (reload_count, result)
+
+
+class Http2Load:
+    """HTTPS load over HTTP/2, from curl on a test host, while an event runs.
+
+    `with Http2Load(host, url, cacert) as h2: <event>`: curl sends `batch`
+    requests per invocation over one HTTP/2 connection (`--http2`, verified
+    against `cacert`), invocation after invocation until the block ends
+    (bounded by `max_seconds`). `h2.result`: requests, ok, failed, statuses
+    and HTTP versions as curl reports them, and the wall-clock time of the
+    first request and of the last answer. On exit it asserts, like Load,
+    that the load spanned the event and sent at least `min_requests`.
+    """
+
+    def __init__(self, host, url: str, cacert: str, batch: int = 20, max_seconds: int = 300, min_requests: int = 100):
+        self.host = host
+        self.url = url
+        self.cacert = cacert
+        self.batch = batch
+        self.max_seconds = max_seconds
+        self.min_requests = min_requests
+        self.result: dict = {}
+        self._dir = f"/tmp/lbtest-h2-{uuid.uuid4().hex[:12]}"
+        self.event_started = 0.0
+        self.event_ended = 0.0
+
+    def __enter__(self) -> Http2Load:
+        d = self._dir
+        urls = " ".join([f"-o /dev/null {shlex.quote(self.url)}"] * self.batch)
+        script = (
+            f"end=$(( $(date +%s) + {self.max_seconds} )); date +%s.%N >{d}/first;"
+            f" while [ ! -e {d}/stop ] && [ $(date +%s) -lt $end ]; do"
+            f" curl -s --http2 --max-time 10 --cacert {shlex.quote(self.cacert)}"
+            f" -w '%{{http_version}} %{{http_code}}\\n' {urls} >>{d}/out 2>/dev/null;"
+            f" done; date +%s.%N >{d}/last"
+        )
+        self.host.run_expect([0], f"rm -rf {d} && mkdir -p {d}")
+        self.host.run_expect(
+            [0], f"setsid nohup bash -c {shlex.quote(script)} >/dev/null 2>&1 </dev/null & echo $! >{d}/pid"
+        )
+        # Started once the first batch is answered (bounded: 30 s).
+        self.host.run_expect([0], f"for i in $(seq 300); do [ -s {d}/out ] && exit 0; sleep 0.1; done; exit 1")
+        self.event_started = time.time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        d = self._dir
+        self.event_ended = time.time()
+        self.host.run_expect([0], f"touch {d}/stop")
+        self.host.run_expect([0], f"for i in $(seq 150); do [ -e {d}/last ] && exit 0; sleep 0.1; done; exit 1")
+        lines = self.host.check_output(f"cat {d}/out").splitlines()
+        first = float(self.host.check_output(f"cat {d}/first"))
+        last = float(self.host.check_output(f"cat {d}/last"))
+        self.host.run(f"rm -rf {d}")
+        answers = [line.split() for line in lines if line.strip()]
+        statuses: dict[str, int] = {}
+        versions: dict[str, int] = {}
+        for version, status in answers:
+            statuses[status] = statuses.get(status, 0) + 1
+            versions[version] = versions.get(version, 0) + 1
+        ok = statuses.get("200", 0)
+        self.result = {
+            "url": self.url,
+            "mode": "http2",
+            "requests": len(answers),
+            "ok": ok,
+            "failed": len(answers) - ok,
+            "statuses": statuses,
+            "http_versions": versions,
+            "first_sent": first,
+            "last_answer": last,
+        }
+        print(json.dumps(self.result, sort_keys=True))
+        if exc[0] is None:
+            assert first < self.event_started, (self.event_started, self.result)
+            assert last > self.event_ended, (self.event_ended, self.result)
+            assert self.result["requests"] >= self.min_requests, self.result
+
+
 # OpenSSL 3 on Debian allows TLS 1.0/1.1 only at security level 0: the client
 # asks for it, so a refused handshake is the server's refusal.
 TLS11_CLIENT = "openssl s_client -tls1_1 -cipher 'DEFAULT:@SECLEVEL=0' -brief"

@@ -62,6 +62,10 @@ def server():
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+            # /idle-close: answered with keep-alive, then the idle connection
+            # is closed, as nginx's old workers do at a reload.
+            if self.path == "/idle-close":
+                self.close_connection = True
 
         def log_message(self, *args):
             pass
@@ -164,6 +168,17 @@ def test_keepalive_mode_counts_a_dropped_connection_and_does_not_retry(server):
     # One connection at first, and a new one after each drop but the last
     # (requests 3, 6 and 9 were dropped).
     assert len(server.connections) == 3
+
+
+def test_keepalive_mode_reopens_a_connection_the_server_closed_while_idle(server):
+    # Each worker pauses 0.2 s, so the server's close arrives before the next
+    # request: the pool sees it and opens a new connection instead of failing.
+    result = lb_requests.run(
+        server + "/idle-close", requests=6, concurrency=1, timeout=5, max_seconds=30, keepalive=True, pause=0.2
+    )
+    assert result["failed"] == 0, result
+    assert result["reopened"] == 5, result
+    assert len(server.connections) == 6
 
 
 @pytest.mark.parametrize("keepalive", [False, True])

@@ -15,7 +15,20 @@ from pathlib import Path
 import pytest
 import yaml
 from clustertest import CACERT, LB_URL, link_local, resolve, scan
-from lbtest import API_NAME, PORTS, SITE_FILE, Load, http, playbook, recap, requests_from, tail
+from lbtest import (
+    API_NAME,
+    PORTS,
+    SITE_FILE,
+    Http2Load,
+    Load,
+    assert_reload_losses_bounded,
+    http,
+    playbook,
+    recap,
+    reloads,
+    requests_from,
+    tail,
+)
 
 API_HOSTS = ("api1", "api2")
 
@@ -165,20 +178,39 @@ def test_scale_out_and_back_in_without_failed_requests(hosts):
 
 def scale_out_then_in(hosts):
     four = [{"port": port} for port in (*PORTS, 8004)]
-    with Load(hosts["outsider"], LB_URL, concurrency=10, cacert=CACERT) as out:
+    # Three clients: one connection per request, kept-alive connections
+    # (never retried), and curl over HTTP/2 (20 requests per connection).
+    with (
+        Load(hosts["outsider"], LB_URL, concurrency=10, cacert=CACERT) as out,
+        Load(hosts["outsider"], LB_URL, concurrency=5, keepalive=True, cacert=CACERT) as out_pooled,
+        Http2Load(hosts["outsider"], LB_URL, CACERT) as out_h2,
+    ):
         run = playbook(extra_vars={"api_instances": four})
     assert run.returncode == 0, tail(run)
     print("scale out: changed", {h: c["changed"] for h, c in recap(run).items()})
-    assert out.result["failed"] == 0, out.result
+    for load in (out, out_h2):
+        assert load.result["failed"] == 0, load.result
+    assert set(out_h2.result["http_versions"]) == {"2"}, out_h2.result
+    # Kept-alive HTTP/1.1 connections: the reload's bound (README, "Scaling").
+    print(f"scale out: {reloads(run)} reload(s), keep-alive failed {out_pooled.result['failed']}")
+    assert_reload_losses_bounded(out_pooled.result, reloads(run))
     result = requests_from(hosts["outsider"], LB_URL, 80, cacert=CACERT)
     assert sorted(result["instances"]) == sorted(f"{a}:{p}" for a in API_HOSTS for p in (*PORTS, 8004)), result
     assert status_from(hosts["lb1"], "http://api1:8004/health") == 200
     assert scan(hosts["outsider"], "api1", "8004")[8004] == "filtered"
 
-    with Load(hosts["outsider"], LB_URL, concurrency=10, cacert=CACERT) as back:
+    with (
+        Load(hosts["outsider"], LB_URL, concurrency=10, cacert=CACERT) as back,
+        Load(hosts["outsider"], LB_URL, concurrency=5, keepalive=True, cacert=CACERT) as back_pooled,
+        Http2Load(hosts["outsider"], LB_URL, CACERT) as back_h2,
+    ):
         run = playbook()
     assert run.returncode == 0, tail(run)
-    assert back.result["failed"] == 0, back.result
+    for load in (back, back_h2):
+        assert load.result["failed"] == 0, load.result
+    assert set(back_h2.result["http_versions"]) == {"2"}, back_h2.result
+    print(f"scale in: {reloads(run)} reload(s), keep-alive failed {back_pooled.result['failed']}")
+    assert_reload_losses_bounded(back_pooled.result, reloads(run))
     result = requests_from(hosts["outsider"], LB_URL, 60, cacert=CACERT)
     assert sorted(result["instances"]) == sorted(f"{a}:{p}" for a in API_HOSTS for p in PORTS), result
     for api in API_HOSTS:

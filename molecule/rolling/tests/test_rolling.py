@@ -24,9 +24,11 @@ from lbtest import (
     SITE,
     SITE_FILE,
     Load,
+    assert_reload_losses_bounded,
     http,
     playbook,
     recap,
+    reloads,
     requests_from,
     said,
     tail,
@@ -152,15 +154,20 @@ def test_kill_9_is_invisible_and_the_instance_is_back_within_5s(host):
 
 def test_reload_with_a_changed_upstream_under_load(host):
     weighted = [{"port": 8001, "weight": 3}, {"port": 8002, "weight": 2}, {"port": 8003}]
-    with Load(host, URL, concurrency=20) as load:
+    with Load(host, URL, concurrency=10) as load, Load(host, URL, concurrency=10, keepalive=True) as pooled:
         run = playbook("--tags", "loadbalancers", extra_vars={"api_instances": weighted})
         assert run.returncode == 0, tail(run)
         assert "weight=3" in host.file(SITE_FILE).content_string
         back = playbook("--tags", "loadbalancers")
         assert back.returncode == 0, tail(back)
-    print("reload with changed upstream, twice:", json.dumps(load.result))
+    count = reloads(run) + reloads(back)
+    print(f"reload with changed upstream: {count} reloads;", json.dumps(load.result), json.dumps(pooled.result))
+    assert count == 2
     assert "weight=3" not in host.file(SITE_FILE).content_string
+    # One connection per request: nothing lost. Kept-alive connections: at
+    # most one request per connection per reload (README, "Scaling").
     assert load.result["failed"] == 0, load.result
+    assert_reload_losses_bounded(pooled.result, count)
 
 
 def test_rolling_update_under_load_with_slow_requests_in_flight(host):
