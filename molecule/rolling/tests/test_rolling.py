@@ -154,7 +154,10 @@ def test_kill_9_is_invisible_and_the_instance_is_back_within_5s(host):
 
 def test_reload_with_a_changed_upstream_under_load(host):
     weighted = [{"port": 8001, "weight": 3}, {"port": 8002, "weight": 2}, {"port": 8003}]
-    with Load(host, URL, concurrency=10) as load, Load(host, URL, concurrency=10, keepalive=True) as pooled:
+    with (
+        Load(host, URL, concurrency=10) as load,
+        Load(host, URL, concurrency=10, keepalive=True) as pooled,
+    ):
         run = playbook("--tags", "loadbalancers", extra_vars={"api_instances": weighted})
         assert run.returncode == 0, tail(run)
         assert "weight=3" in host.file(SITE_FILE).content_string
