@@ -309,12 +309,14 @@ def reloads(run: subprocess.CompletedProcess) -> int:
 
 
 def assert_reload_losses_bounded(result: dict, reload_count: int) -> None:
-    """What a keep-alive client may lose at nginx reloads: a request sent on a
-    connection just as the old worker closed it (it was idle). Only such
-    connection errors, no error answer, at most one per connection per reload."""
-    assert set(result["statuses"]) <= {"200", "0"}, result
-    assert set(result["errors"]) <= {"RemoteDisconnected", "ConnectionResetError", "BrokenPipeError"}, result
-    assert result["failed"] <= result["concurrency"] * reload_count, (reload_count, result)
+    """What a client that keeps its connections may lose at nginx reloads: a
+    request sent on a connection just as the old worker closes it (HTTP/1.1
+    keep-alive, or HTTP/2 as its GOAWAY crosses the request). Only such
+    connection errors, no error answer, at most one per connection per
+    reload (Load: one connection per worker; Http2Load: one at a time)."""
+    assert set(result["statuses"]) <= {"200", "0", "000"}, result
+    assert set(result.get("errors", {})) <= {"RemoteDisconnected", "ConnectionResetError", "BrokenPipeError"}, result
+    assert result["failed"] <= result.get("concurrency", 1) * reload_count, (reload_count, result)
 
 
 class Http2Load:
