@@ -18,12 +18,13 @@ build() {
 }
 
 sanity() {
-  [ -f "$TARBALL" ] || build
   # ansible-test lists a collection's files with git when a repository
-  # encloses it, so the copy it tests lives outside this clone.
+  # encloses it, so the copy it tests lives outside this clone. It is built
+  # from the files as they are now (never an earlier build in .cache/dist).
   work=$(mktemp -d /tmp/lbapi-sanity.XXXXXX)
   trap 'rm -rf "$work"' EXIT
-  ansible-galaxy collection install --no-deps --force -p "$work" "$TARBALL" >/dev/null 2>&1
+  ansible-galaxy collection build --force --output-path "$work/dist" . >/dev/null
+  ansible-galaxy collection install --no-deps --force -p "$work" "$work/dist/lbapi-nginx_api-$VERSION.tar.gz" >/dev/null 2>&1
   # ansible-test bootstraps pip in its venvs with a script from
   # ci-files.testing.ansible.com; where that host is unreachable, a stand-in
   # in its cache installs the same pip version from the package index.

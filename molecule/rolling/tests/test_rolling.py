@@ -10,6 +10,7 @@ and never retry, like a connection pool (GET and POST).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -196,14 +197,12 @@ def test_rolling_update_under_load_with_slow_requests_in_flight(host):
         )
         for seconds in (1.5, 2, 2.5)
     ]
-    with (
-        Load(host, URL, concurrency=10) as load,
-        Load(host, URL, concurrency=10, keepalive=True) as pooled,
-        Load(host, URL, concurrency=4, keepalive=True, method="POST") as posts,
-        slow_loads[0],
-        slow_loads[1],
-        slow_loads[2],
-    ):
+    load = Load(host, URL, concurrency=10)
+    pooled = Load(host, URL, concurrency=10, keepalive=True)
+    posts = Load(host, URL, concurrency=4, keepalive=True, method="POST")
+    with contextlib.ExitStack() as loads:
+        for client in (load, pooled, posts, *slow_loads):
+            loads.enter_context(client)
         run, seconds = rolling_update(api_version="2.0.0")
     assert run.returncode == 0, tail(run)
     print(f"rolling update to 2.0.0: {seconds} s")
