@@ -135,7 +135,10 @@ def test_hardened_unit_serves_logs_and_restarts(host):
 
 
 def test_kill_9_is_invisible_and_the_instance_is_back_within_5s(host):
-    with Load(host, URL, concurrency=20, pause=0.02) as load:
+    with (
+        Load(host, URL, concurrency=10, pause=0.02) as load,
+        Load(host, URL, concurrency=10, pause=0.02, keepalive=True) as pooled,
+    ):
         pid = host.check_output(f"systemctl show -p MainPID --value {API_NAME}@8002")
         killed = time.monotonic()
         host.run_expect([0], f"kill -9 {pid}")
@@ -150,6 +153,7 @@ def test_kill_9_is_invisible_and_the_instance_is_back_within_5s(host):
     assert probe.rc == 0, "8002 never came back through nginx"
     assert back <= 5, back
     assert load.result["failed"] == 0, load.result
+    assert pooled.result["failed"] == 0, pooled.result
     assert host.check_output(f"systemctl show -p MainPID --value {API_NAME}@8002") != pid
 
 
