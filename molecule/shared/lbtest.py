@@ -199,6 +199,15 @@ def requests_from(
     return result
 
 
+def assert_covered(result: dict, event_started: float, event_ended: float, min_requests: int) -> None:
+    """A load covered its event (the test host's clock is the controller's):
+    its first request was sent before the event started, its last answer came
+    after it ended, and it sent at least `min_requests`."""
+    assert result["first_sent"] < event_started, (event_started, result)
+    assert result["last_answer"] > event_ended, (event_ended, result)
+    assert result["requests"] >= min_requests, result
+
+
 class Load:
     """Continuous load from a test host while an event runs on the controller.
 
@@ -297,10 +306,7 @@ class Load:
         self.host.run(f"rm -rf {d}")
         print(json.dumps({k: v for k, v in self.result.items() if k != "timeline"}, sort_keys=True))
         if exc[0] is None:
-            # The load covered the event (the test host's clock is the controller's).
-            assert self.result["first_sent"] < self.event_started, (self.event_started, self.result)
-            assert self.result["last_answer"] > self.event_ended, (self.event_ended, self.result)
-            assert self.result["requests"] >= self.min_requests, self.result
+            assert_covered(self.result, self.event_started, self.event_ended, self.min_requests)
 
 
 def reloads(run: subprocess.CompletedProcess) -> int:
@@ -391,9 +397,7 @@ class Http2Load:
         }
         print(json.dumps(self.result, sort_keys=True))
         if exc[0] is None:
-            assert first < self.event_started, (self.event_started, self.result)
-            assert last > self.event_ended, (self.event_ended, self.result)
-            assert self.result["requests"] >= self.min_requests, self.result
+            assert_covered(self.result, self.event_started, self.event_ended, self.min_requests)
 
 
 # OpenSSL 3 on Debian allows TLS 1.0/1.1 only at security level 0: the client

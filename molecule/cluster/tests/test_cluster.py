@@ -176,47 +176,39 @@ def test_scale_out_and_back_in_without_failed_requests(hosts):
         raise
 
 
+def converge_under_three_clients(hosts, event: str, extra_vars: dict | None):
+    """Run the converge playbook under three HTTPS clients at once: one
+    connection per request (0 failed), kept-alive connections never retried
+    and curl over HTTP/2 (20 requests per connection), both held to the
+    reload's bound (README, "Scaling out and in"). Returns the run."""
+    outsider = hosts["outsider"]
+    with (
+        Load(outsider, LB_URL, concurrency=10, cacert=CACERT) as single,
+        Load(outsider, LB_URL, concurrency=5, keepalive=True, cacert=CACERT) as pooled,
+        Http2Load(outsider, LB_URL, CACERT) as h2,
+    ):
+        run = playbook(extra_vars=extra_vars)
+    assert run.returncode == 0, tail(run)
+    assert single.result["failed"] == 0, single.result
+    assert set(h2.result["http_versions"]) <= {"2", "0"}, h2.result
+    print(
+        f"{event}: {reloads(run)} reload(s); failed: keep-alive {pooled.result['failed']}, HTTP/2 {h2.result['failed']}"
+    )
+    assert_reload_losses_bounded(pooled.result, reloads(run))
+    assert_reload_losses_bounded(h2.result, reloads(run))
+    return run
+
+
 def scale_out_then_in(hosts):
     four = [{"port": port} for port in (*PORTS, 8004)]
-    # Three clients: one connection per request, kept-alive connections
-    # (never retried), and curl over HTTP/2 (20 requests per connection).
-    with (
-        Load(hosts["outsider"], LB_URL, concurrency=10, cacert=CACERT) as out,
-        Load(hosts["outsider"], LB_URL, concurrency=5, keepalive=True, cacert=CACERT) as out_pooled,
-        Http2Load(hosts["outsider"], LB_URL, CACERT) as out_h2,
-    ):
-        run = playbook(extra_vars={"api_instances": four})
-    assert run.returncode == 0, tail(run)
+    run = converge_under_three_clients(hosts, "scale out", {"api_instances": four})
     print("scale out: changed", {h: c["changed"] for h, c in recap(run).items()})
-    assert out.result["failed"] == 0, out.result
-    assert set(out_h2.result["http_versions"]) <= {"2", "0"}, out_h2.result
-    # Kept connections (HTTP/1.1 and HTTP/2): the reload's bound (README, "Scaling").
-    print(
-        f"scale out: {reloads(run)} reload(s); failed: keep-alive {out_pooled.result['failed']},"
-        f" HTTP/2 {out_h2.result['failed']}"
-    )
-    assert_reload_losses_bounded(out_pooled.result, reloads(run))
-    assert_reload_losses_bounded(out_h2.result, reloads(run))
     result = requests_from(hosts["outsider"], LB_URL, 80, cacert=CACERT)
     assert sorted(result["instances"]) == sorted(f"{a}:{p}" for a in API_HOSTS for p in (*PORTS, 8004)), result
     assert status_from(hosts["lb1"], "http://api1:8004/health") == 200
     assert scan(hosts["outsider"], "api1", "8004")[8004] == "filtered"
 
-    with (
-        Load(hosts["outsider"], LB_URL, concurrency=10, cacert=CACERT) as back,
-        Load(hosts["outsider"], LB_URL, concurrency=5, keepalive=True, cacert=CACERT) as back_pooled,
-        Http2Load(hosts["outsider"], LB_URL, CACERT) as back_h2,
-    ):
-        run = playbook()
-    assert run.returncode == 0, tail(run)
-    assert back.result["failed"] == 0, back.result
-    assert set(back_h2.result["http_versions"]) <= {"2", "0"}, back_h2.result
-    print(
-        f"scale in: {reloads(run)} reload(s); failed: keep-alive {back_pooled.result['failed']},"
-        f" HTTP/2 {back_h2.result['failed']}"
-    )
-    assert_reload_losses_bounded(back_pooled.result, reloads(run))
-    assert_reload_losses_bounded(back_h2.result, reloads(run))
+    converge_under_three_clients(hosts, "scale in", None)
     result = requests_from(hosts["outsider"], LB_URL, 60, cacert=CACERT)
     assert sorted(result["instances"]) == sorted(f"{a}:{p}" for a in API_HOSTS for p in PORTS), result
     for api in API_HOSTS:
