@@ -253,6 +253,24 @@ CASES = [
         None,
         r"nginx_lb_access_log_buffer must be empty or an nginx size such as 64k, .* \(got 'lots', '1s'\)",
     ),
+    (
+        "open files below twice the connections",
+        {"nginx_lb_worker_connections": 4096, "nginx_lb_worker_rlimit_nofile": 4096},
+        None,
+        r"nginx_lb_worker_rlimit_nofile at least 2 x worker_connections \(got 4096, needs 8192\)",
+    ),
+    (
+        "service open files above what the host allows",
+        {"nginx_lb_service_limit_nofile": 4000000},
+        None,
+        r"nginx_lb_service_limit_nofile=4000000 is above what lb1 lets a service have: \d+",
+    ),
+    (
+        "log rotation size not a size",
+        {"nginx_lb_log_rotate_maxsize": "big"},
+        None,
+        r"nginx_lb_log_rotate_maxsize empty or a logrotate size such as 100M \(got 'big'\)",
+    ),
     ("acme without names", {"nginx_lb_tls_mode": "acme"}, None, r"nginx_lb_tls_mode=acme needs DNS names"),
     ("unknown tls mode", {"nginx_lb_tls_mode": "letsencrypt"}, None, r"nginx_lb_tls_mode.*selfsigned, provided, acme"),
     (

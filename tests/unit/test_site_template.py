@@ -29,7 +29,7 @@ def server_options(config: str) -> dict[str, str]:
 
 
 def method_lines(config: str) -> list[str]:
-    skip = ("server ", "zone ", "keepalive ", "keepalive_timeout ", "keepalive_time ")
+    skip = ("server ", "zone ", "keepalive ", "keepalive_timeout ", "keepalive_time ", "keepalive_requests ")
     return [line for line in upstream_lines(config) if not line.startswith(skip)]
 
 
@@ -205,7 +205,7 @@ def test_stub_status_is_loopback_only(render_site):
 def test_per_site_logs(render_site):
     config = render_site([api_host("api1", "127.0.0.1", [8001])], nginx_lb_site_name="shop")
     assert "access_log /var/log/nginx/shop-access.log shop_backend_json buffer=64k flush=1s;" in config
-    assert "error_log /var/log/nginx/shop-error.log;" in config
+    assert "error_log /var/log/nginx/shop-error.log warn;" in config
     assert "upstream shop_backend {" in config
 
 
@@ -265,7 +265,7 @@ def test_metrics_path_is_not_proxied(render_site):
 def test_ipv6_listener_follows_the_switch(render_site):
     hosts = [api_host("api1", "127.0.0.1", [8001])]
     assert "listen [::]:80" not in render_site(hosts)
-    assert "listen [::]:80 default_server;" in render_site(hosts, nginx_lb_listen_ipv6=True)
+    assert "listen [::]:80 default_server backlog=4096;" in render_site(hosts, nginx_lb_listen_ipv6=True)
 
 
 def test_rendering_does_not_depend_on_the_order_of_mappings(render_site):

@@ -20,7 +20,7 @@ def test_off_serves_plain_http_only(render_site):
     assert "ssl" not in config
     assert "Strict-Transport-Security" not in config
     (server,) = servers(config)
-    assert "listen 80 default_server;" in server
+    assert "listen 80 default_server backlog=4096;" in server
     assert "proxy_pass http://rag_photographie_backend;" in server
 
 
@@ -30,7 +30,7 @@ def test_tls_modes_redirect_http_and_serve_https(render_site, mode):
     http, https = servers(config)
     assert "return 301 https://$host$request_uri;" in http
     assert "proxy_pass" not in http
-    assert "listen 443 ssl default_server;" in https
+    assert "listen 443 ssl default_server backlog=4096;" in https
     assert "ssl_certificate /etc/nginx/tls/rag-photographie/fullchain.pem;" in https
     assert "ssl_certificate_key /etc/nginx/tls/rag-photographie/privkey.pem;" in https
     assert ("/.well-known/acme-challenge/" in http) == (mode == "acme")
@@ -49,7 +49,7 @@ def test_mozilla_intermediate_profile(render_site):
 
 def test_http2_syntax_follows_the_nginx_version(render_site):
     old = servers(render_site(API, _nginx_lb_version="1.22.1"))[-1]
-    assert "listen 443 ssl http2 default_server;" in old
+    assert "listen 443 ssl http2 default_server backlog=4096;" in old
     assert "http2 on;" not in old
     new = servers(render_site(API, _nginx_lb_version="1.26.3"))[-1]
     assert "http2 on;" in new
@@ -81,7 +81,7 @@ def test_unknown_hosts_get_a_closing_default_server(render_site):
     default, http, https = servers(config)
     assert "return 444;" in default
     assert "ssl_reject_handshake on;" in default
-    assert "listen 80 default_server;" in default
+    assert "listen 80 default_server backlog=4096;" in default
     assert "default_server" not in http + https
     assert "server_name api.example.com;" in https
     # Turned off, the site itself is the catch-all again.

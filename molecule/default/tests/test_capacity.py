@@ -1,0 +1,137 @@
+"""Capacity of the load balancer as shipped (HTTPS), and its logs at load.
+
+The capacity client (scripts/lb_capacity.py) runs on the controller against
+the test host's address: 10,000 kept-alive HTTPS connections held through
+nginx at once, 200 of them sending GET and POST for 15 s while the rest stay
+idle, then every idle one sending one more request. With Debian's own
+nginx.conf (768 connections per worker) nginx closes most of them (README,
+"Capacity").
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+
+from lbtest import CERT, PROJECT, SITE, Load
+
+CONNECTIONS = 10_000
+ACTIVE = 200
+HOLD_SECONDS = 15
+ERROR_LOGS = ("/var/log/nginx/error.log", f"/var/log/nginx/{SITE}-error.log")
+# What nginx logs (at warn) when it runs out of connections or files.
+EXHAUSTED = re.compile(r"worker_connections are not enough|Too many open files|accept4?\(\) failed")
+
+
+def log_sizes(host) -> dict[str, int]:
+    return {path: int(host.run(f"stat -c %s {path} 2>/dev/null || echo 0").stdout) for path in ERROR_LOGS}
+
+
+def logged_since(host, sizes: dict[str, int]) -> str:
+    return "".join(host.run(f"tail -c +{size + 1} {path}").stdout for path, size in sizes.items())
+
+
+def stub_active(host) -> int:
+    status = host.check_output("curl -s http://127.0.0.1/nginx_status")
+    return int(re.search(r"Active connections: (\d+)", status).group(1))
+
+
+def test_ten_thousand_connections_held_with_no_error(host, tmp_path):
+    address = host.check_output("hostname -I").split()[0]
+    cacert = tmp_path / "ca.pem"
+    cacert.write_text(host.file(CERT).content_string)
+    held_file = tmp_path / "held.json"
+    sizes = log_sizes(host)
+    client = subprocess.Popen(
+        [
+            sys.executable,
+            str(PROJECT / "scripts" / "lb_capacity.py"),
+            f"https://{address}/",
+            f"--connections={CONNECTIONS}",
+            f"--active={ACTIVE}",
+            f"--seconds={HOLD_SECONDS}",
+            f"--cacert={cacert}",
+            f"--held-file={held_file}",
+            "--max-seconds=240",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # While every connection is open: nginx counts them all.
+        deadline = time.monotonic() + 180
+        while not held_file.exists() and client.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert held_file.exists(), client.stderr.read() if client.poll() is not None else "not held in 180 s"
+        active_while_held = stub_active(host)
+        out, err = client.communicate(timeout=260)
+    finally:
+        if client.poll() is None:
+            client.kill()
+    assert client.returncode == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    print(json.dumps({**result, "nginx_active_while_held": active_while_held}, sort_keys=True))
+    assert active_while_held >= CONNECTIONS, active_while_held
+    assert result["opened"] == CONNECTIONS, result
+    assert result["errors"] == {"open": {}, "hold": {}, "sweep": {}}, result
+    # Every request answered 200: the first on each connection, the active
+    # ones' GET and POST, and the sweep of every idle connection.
+    assert set(result["statuses"]) == {"200"}, result
+    assert result["statuses"]["200"] == sum(result["requests"].values()), result
+    assert result["requests"]["sweep"] == CONNECTIONS - ACTIVE, result
+    assert result["requests"]["hold"] >= ACTIVE * 5, result
+    assert not EXHAUSTED.search(logged_since(host, sizes)), logged_since(host, sizes)[-2000:]
+
+
+def test_capacity_settings_reach_nginx(host):
+    """The limits the role set are the ones nginx's workers run with."""
+    config = host.check_output("nginx -T 2>/dev/null")
+    connections = int(re.search(r"worker_connections (\d+);", config).group(1))
+    rlimit = int(re.search(r"worker_rlimit_nofile (\d+);", config).group(1))
+    assert rlimit >= 2 * connections
+    master = host.check_output("cat /run/nginx.pid").strip()
+    workers = host.check_output(f"ps -o pid= --ppid {master}").split()
+    assert workers
+    for pid in workers:
+        limits = host.file(f"/proc/{pid}/limits").content_string
+        soft = int(re.search(r"Max open files\s+(\d+)\s+(\d+)", limits).group(1))
+        assert soft == rlimit, limits
+    hard = re.search(r"Max open files\s+(\d+)\s+(\d+)", host.file(f"/proc/{master}/limits").content_string)
+    assert int(hard.group(2)) >= rlimit
+    assert "backlog=4096" in config
+
+
+def test_logs_rotate_by_size_under_load_with_no_request_lost(host):
+    """A log over nginx_lb_log_rotate_maxsize is rotated by the timer's service
+    (not daily yet), nginx reopens its logs, and clients lose nothing."""
+    log = f"/var/log/nginx/{SITE}-access.log"
+    host.run_expect([0], "systemctl is-active nginx-lb-logrotate.timer")
+    host.run_expect([0], f"rm -f {log}.1 {log}.2.gz")
+    # Over 100M without writing 100 MB: a sparse tail.
+    host.run_expect([0], f"truncate -s 101M {log}")
+    url = "https://localhost/"
+    with (
+        Load(host, url, concurrency=8, cacert=CERT, keepalive=True) as kept,
+        Load(host, url, concurrency=8, cacert=CERT, method="POST") as posts,
+    ):
+        host.run_expect([0], "systemctl start nginx-lb-logrotate.service")
+        time.sleep(2)
+    assert kept.result["failed"] == 0, kept.result
+    assert posts.result["failed"] == 0, posts.result
+    assert host.file(f"{log}.1").exists
+    assert host.file(f"{log}.1").size > 100 * 1024 * 1024
+    # nginx writes to the new file (buffered: within the 1 s flush).
+    marker = f"/health?rotated={time.time_ns()}"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        host.run(f"curl -s -o /dev/null --cacert {CERT} 'https://localhost{marker}'")
+        if host.file(log).size < 1024 * 1024 and marker in host.file(log).content_string:
+            break
+        time.sleep(1)
+    assert marker in host.file(log).content_string
+    assert host.file(log).size < 1024 * 1024
+    host.run_expect([0], f"rm -f {log}.1")

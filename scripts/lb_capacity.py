@@ -1,0 +1,243 @@
+#!/usr/bin/env python3
+"""Hold many concurrent client connections through a load balancer.
+
+A capacity probe, not a throughput benchmark. In one bounded run:
+  1. open: ``--connections`` HTTP/1.1 keep-alive connections (TLS when the
+     URL is https), ``--open-concurrency`` at a time; each sends one GET and
+     reads its answer, so every connection is a real kept-alive client
+     connection, idle in nginx's keepalive state;
+  2. hold: ``--active`` of them send request after request (GET and POST in
+     turn) for ``--seconds``, while the others stay idle. A connection the
+     server ends cleanly (``Connection: close``, after keepalive_requests) is
+     opened again and counted as ``reopened``, as a pool does; anything else
+     is an error;
+  3. sweep: every idle connection sends one more GET, proving it was held
+     open the whole time and not reset.
+While holding, it prints ``{"event": "held", ...}`` on a line of its own,
+so a caller can read the server's state with every connection open (or,
+with ``--held-file``, it writes that line to a file). At the end it prints
+one JSON object: connections opened, requests, statuses, error kinds per
+phase, and how long each phase took.
+
+Every step has a timeout and the whole run a deadline (``--max-seconds``):
+it stops by itself. Only point it at loopback or at the project's own test
+hosts.
+
+usage: lb_capacity.py URL [--connections N] [--active N] [--seconds S]
+                          [--cacert FILE] [--servername NAME] [--resolve ADDRESS]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import resource
+import ssl
+import sys
+import time
+from collections import Counter
+from urllib.parse import urlsplit
+
+BODY = b'{"probe": true}'
+STEP_TIMEOUT = 15.0
+
+
+class Closed(Exception):
+    """The server ended the connection cleanly after its answer (Connection: close)."""
+
+
+def error_kind(err: BaseException) -> str:
+    if isinstance(err, TimeoutError):
+        return "timeout"
+    if isinstance(err, ConnectionResetError):
+        return "reset"
+    if isinstance(err, asyncio.IncompleteReadError):
+        return "eof"
+    return type(err).__name__
+
+
+class Client:
+    def __init__(self, args: argparse.Namespace) -> None:
+        url = urlsplit(args.url)
+        self.tls = url.scheme == "https"
+        self.host = args.resolve or url.hostname
+        self.port = url.port or (443 if self.tls else 80)
+        self.authority = url.netloc
+        self.path = url.path or "/"
+        self.servername = args.servername or url.hostname
+        self.context: ssl.SSLContext | None = None
+        if self.tls:
+            self.context = ssl.create_default_context(cafile=args.cacert)
+        self.statuses: Counter = Counter()
+        self.errors: dict[str, Counter] = {"open": Counter(), "hold": Counter(), "sweep": Counter()}
+        self.requests = {"open": 0, "hold": 0, "sweep": 0}
+        self.reopened = 0
+
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.wait_for(
+            asyncio.open_connection(
+                self.host,
+                self.port,
+                ssl=self.context,
+                server_hostname=self.servername if self.tls else None,
+                limit=1 << 16,
+            ),
+            STEP_TIMEOUT,
+        )
+
+    async def request(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], method: str, phase: str) -> None:
+        """One request on the connection; raises Closed when the server ends it cleanly."""
+        reader, writer = conn
+        body = BODY if method == "POST" else b""
+        head = (
+            f"{method} {self.path} HTTP/1.1\r\nHost: {self.authority}\r\nUser-Agent: lb_capacity\r\n"
+            f"Content-Length: {len(body)}\r\nContent-Type: application/json\r\n\r\n"
+        )
+        self.requests[phase] += 1
+        writer.write(head.encode() + body)
+        await asyncio.wait_for(writer.drain(), STEP_TIMEOUT)
+        header = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), STEP_TIMEOUT)
+        lines = header.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        fields = {}
+        for line in lines[1:]:
+            name, _colon, value = line.partition(":")
+            fields[name.strip().lower()] = value.strip()
+        if "content-length" in fields:
+            await asyncio.wait_for(reader.readexactly(int(fields["content-length"])), STEP_TIMEOUT)
+        elif fields.get("transfer-encoding", "").lower() == "chunked":
+            while True:
+                size = int((await asyncio.wait_for(reader.readuntil(b"\r\n"), STEP_TIMEOUT)).split(b";")[0], 16)
+                await asyncio.wait_for(reader.readexactly(size + 2), STEP_TIMEOUT)
+                if size == 0:
+                    break
+        self.statuses[status] += 1
+        if fields.get("connection", "").lower() == "close":
+            raise Closed
+
+
+async def close(conn) -> None:
+    conn[1].close()
+    with contextlib.suppress(TimeoutError, OSError, ssl.SSLError):
+        await asyncio.wait_for(conn[1].wait_closed(), 2)
+
+
+async def run(args: argparse.Namespace) -> dict:
+    client = Client(args)
+    started = time.monotonic()
+    gate = asyncio.Semaphore(args.open_concurrency)
+
+    async def open_one() -> tuple | None:
+        async with gate:
+            try:
+                conn = await client.connect()
+            except Exception as err:  # noqa: BLE001 - every failure is counted by kind
+                client.errors["open"][error_kind(err)] += 1
+                return None
+            try:
+                await client.request(conn, "GET", "open")
+                return conn
+            except Closed:
+                await close(conn)
+                client.errors["open"]["closed"] += 1
+            except Exception as err:  # noqa: BLE001
+                client.errors["open"][error_kind(err)] += 1
+                await close(conn)
+            return None
+
+    conns = [conn for conn in await asyncio.gather(*(open_one() for _index in range(args.connections))) if conn]
+    opened_in = time.monotonic() - started
+    held = {"event": "held", "open": len(conns), "opened_in_s": round(opened_in, 2), "time": time.time()}
+    print(json.dumps(held), flush=True)
+    if args.held_file:
+        with open(args.held_file, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(held) + "\n")
+
+    active, idle = conns[: args.active], conns[args.active :]
+    hold_until = time.monotonic() + args.seconds
+
+    async def busy(conn) -> None:
+        turn = 0
+        while time.monotonic() < hold_until:
+            turn += 1
+            try:
+                await client.request(conn, "POST" if turn % 2 else "GET", "hold")
+            except Closed:
+                await close(conn)
+                client.reopened += 1
+                try:
+                    conn = await client.connect()
+                except Exception as err:  # noqa: BLE001
+                    client.errors["hold"][error_kind(err)] += 1
+                    return
+            except Exception as err:  # noqa: BLE001
+                client.errors["hold"][error_kind(err)] += 1
+                await close(conn)
+                return
+        await close(conn)
+
+    hold_started = time.monotonic()
+    await asyncio.gather(*(busy(conn) for conn in active))
+    hold_took = time.monotonic() - hold_started
+
+    async def sweep(conn) -> None:
+        async with gate:
+            try:
+                await client.request(conn, "GET", "sweep")
+            except Closed:
+                client.errors["sweep"]["closed"] += 1
+            except Exception as err:  # noqa: BLE001
+                client.errors["sweep"][error_kind(err)] += 1
+            await close(conn)
+
+    sweep_started = time.monotonic()
+    await asyncio.gather(*(sweep(conn) for conn in idle))
+    return {
+        "url": args.url,
+        "connections": args.connections,
+        "opened": len(conns),
+        "active": len(active),
+        "idle": len(idle),
+        "requests": client.requests,
+        "statuses": {str(code): n for code, n in sorted(client.statuses.items())},
+        "errors": {phase: dict(kinds) for phase, kinds in client.errors.items()},
+        "reopened": client.reopened,
+        "seconds": {
+            "open": round(opened_in, 2),
+            "hold": round(hold_took, 2),
+            "sweep": round(time.monotonic() - sweep_started, 2),
+        },
+        "hold_requests_per_s": round(client.requests["hold"] / hold_took, 1) if hold_took else 0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("url")
+    parser.add_argument("--connections", type=int, default=10000)
+    parser.add_argument("--active", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--open-concurrency", type=int, default=256)
+    parser.add_argument("--cacert")
+    parser.add_argument("--servername", help="TLS server name (default: the URL's host)")
+    parser.add_argument("--resolve", help="connect to this address instead of the URL's host")
+    parser.add_argument("--held-file")
+    parser.add_argument("--max-seconds", type=float, default=300)
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = args.connections + 64
+    if soft < need:
+        if hard != resource.RLIM_INFINITY and hard < need:
+            sys.exit(f"lb_capacity: {args.connections} connections need {need} open files; the hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    try:
+        result = asyncio.run(asyncio.wait_for(run(args), args.max_seconds))
+    except TimeoutError:
+        sys.exit(f"lb_capacity: the run did not end within --max-seconds={args.max_seconds}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
