@@ -1,17 +1,24 @@
 #!/usr/bin/env python3
 """Data-plane benchmark, run on a seed-topology host by lab/bench.yml.
 
-With wrk (Debian's package), in one run of ROUNDS rounds, each of:
-  * throughput: CONNECTIONS connections through nginx, then the same number
-    spread directly over the instances (one wrk per instance, at once);
-  * latency: one connection through nginx, then one straight to the first
-    instance.
-Rounds alternate the two sides, so a slower minute of a shared machine hits
-both; each figure is the median over the rounds. Prints one JSON object:
-requests/s, p50/p99 (ms) and errors of each, the ratio nginx/direct (median
-of the rounds' ratios) and the p99 nginx adds at one connection.
+With wrk (Debian's package), in one run of ROUNDS rounds:
+  * throughput: CONNECTIONS connections through each proxy target (NAME=URL,
+    e.g. the project's site, a minimal nginx server, HAProxy, the site over
+    HTTPS), and the same number spread directly over the instances (one wrk
+    per instance, at once). Each round runs every target once, in an order
+    that rotates from round to round, so a slower minute of a shared machine
+    hits every target; a target's ratio is its requests/s over the direct
+    requests/s of the same round, and its figure the median over the rounds;
+  * latency: one connection through the first target and one straight to
+    the first instance, p99 each;
+  * with --handshake NAME=HOST:PORT: new TLS handshakes per second, one
+    connection per request (`openssl s_time -new`), and the same with the
+    session resumed (`-reuse`), and whether openssl s_client's sessions were
+    resumed (TLS 1.2 and 1.3).
+Prints one JSON object.
 
-usage: bench_wrk.py NGINX_URL INSTANCE_URL... [--connections N] [--seconds S] [--rounds R]
+usage: bench_wrk.py --direct URL [--direct URL...] --target NAME=URL [--target NAME=URL...]
+                    [--connections N] [--seconds S] [--rounds R] [--handshake NAME=HOST:PORT]
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import json
 import re
 import statistics
 import subprocess
+import tempfile
+import time
 
 UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
@@ -84,37 +93,108 @@ def median(runs: list[dict]) -> dict:
     }
 
 
+def s_time(address: str, mode: str, seconds: int) -> float:
+    """TLS connections per second of `openssl s_time` (-new: a full handshake each; -reuse: resumed)."""
+    run = subprocess.run(
+        ["openssl", "s_time", "-connect", address, f"-{mode}", "-time", str(seconds)],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=False,
+    )
+    found = re.search(r"(\d+) connections in ([0-9.]+)s", run.stdout)
+    if not found:
+        raise SystemExit(f"openssl s_time -{mode} said: {run.stdout}{run.stderr}")
+    return round(int(found.group(1)) / float(found.group(2)), 1)
+
+
+def resumed(address: str, servername: str) -> dict:
+    """Session resumption, proven with openssl s_client: TLS 1.2 with -reconnect (a full
+    handshake, then 5 that ask to resume); TLS 1.3 with a session saved from a first
+    connection (-sess_out, after the server's post-handshake ticket) and offered by a second
+    (-sess_in). Counts of New and Reused handshakes."""
+
+    def s_client(*extra: str, hold: float = 0.0) -> str:
+        """One s_client run; its connection stays open `hold` s (a TLS 1.3 ticket comes
+        after the handshake: a client that leaves at once may not have read it)."""
+        with subprocess.Popen(
+            ["openssl", "s_client", "-connect", address, "-servername", servername, *extra],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        ) as client:
+            time.sleep(hold)
+            return client.communicate("", timeout=60)[0]
+
+    tls12 = s_client("-tls1_2", "-reconnect")
+    with tempfile.TemporaryDirectory() as tmp:
+        session = f"{tmp}/session.pem"
+        first = s_client("-tls1_3", "-sess_out", session, hold=1.0)
+        second = s_client("-tls1_3", "-sess_in", session)
+    return {
+        "tls1_2_reconnect": {"new": tls12.count("New, TLSv1.2"), "reused": tls12.count("Reused, TLSv1.2")},
+        "tls1_3_session": {
+            "first": "Reused" if "Reused," in first else "New",
+            "second": "Reused" if "Reused," in second else "New",
+        },
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("nginx")
-    parser.add_argument("instances", nargs="+")
+    parser.add_argument("--direct", action="append", required=True, help="an instance's URL")
+    parser.add_argument("--target", action="append", required=True, help="NAME=URL of a proxy")
     parser.add_argument("--connections", type=int, default=30)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--handshake", help="NAME=HOST:PORT of a TLS listener")
+    parser.add_argument("--servername", default="localhost")
     args = parser.parse_args()
-    wrk([args.nginx], args.connections, 2)  # warm-up: worker start, upstream keepalive
-    through, direct, one_through, one_direct = [], [], [], []
-    for _round in range(args.rounds):
-        through.append(wrk([args.nginx], args.connections, args.seconds))
-        direct.append(wrk(args.instances, args.connections, args.seconds))
-        one_through.append(wrk([args.nginx], 1, args.seconds))
-        one_direct.append(wrk(args.instances[:1], 1, args.seconds))
-    ratios = [t["rps"] / d["rps"] for t, d in zip(through, direct, strict=True)]
+    targets = dict(target.split("=", 1) for target in args.target)
+    names = list(targets)
+    for url in targets.values():
+        wrk([url], args.connections, 2)  # warm-up: worker start, upstream keepalive, TLS
+    through: dict[str, list[dict]] = {name: [] for name in names}
+    direct: list[dict] = []
+    ratios: dict[str, list[float]] = {name: [] for name in names}
+    one_through, one_direct = [], []
+    for index in range(args.rounds):
+        order = names[index % len(names) :] + names[: index % len(names)]
+        results = {"direct": wrk(args.direct, args.connections, args.seconds)}
+        for name in order:
+            results[name] = wrk([targets[name]], args.connections, args.seconds)
+        direct.append(results["direct"])
+        for name in names:
+            through[name].append(results[name])
+            ratios[name].append(results[name]["rps"] / results["direct"]["rps"])
+        one_through.append(wrk([targets[names[0]]], 1, args.seconds))
+        one_direct.append(wrk(args.direct[:1], 1, args.seconds))
     added = [t["p99_ms"] - d["p99_ms"] for t, d in zip(one_through, one_direct, strict=True)]
-    print(
-        json.dumps(
-            {
-                "rounds": args.rounds,
-                "through_nginx": median(through),
-                "direct": median(direct),
-                "ratio": round(statistics.median(ratios), 3),
-                "ratios": [round(r, 3) for r in ratios],
-                "one_connection": {"through_nginx": median(one_through), "direct": median(one_direct)},
-                "added_p99_ms": round(statistics.median(added), 3),
-                "added_p99_ms_rounds": [round(a, 3) for a in added],
+    report = {
+        "rounds": args.rounds,
+        "connections": args.connections,
+        "seconds": args.seconds,
+        "direct": median(direct),
+        "targets": {
+            name: {
+                **median(through[name]),
+                "ratio": round(statistics.median(ratios[name]), 3),
+                "ratios": [round(r, 3) for r in ratios[name]],
             }
-        )
-    )
+            for name in names
+        },
+        "one_connection": {"through": names[0], "added_p99_ms": round(statistics.median(added), 3)},
+    }
+    if args.handshake:
+        name, address = args.handshake.split("=", 1)
+        report["tls"] = {
+            "target": name,
+            "new_handshakes_per_s": s_time(address, "new", args.seconds),
+            "resumed_handshakes_per_s": s_time(address, "reuse", args.seconds),
+            "s_client_reconnect": resumed(address, args.servername),
+        }
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

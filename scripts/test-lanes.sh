@@ -32,10 +32,12 @@ run_step() {
     rc=$?
     name="$name-$distro"
   fi
+  rm -f "$logs/$name.failed"
   if [ "$rc" = 0 ]; then
     echo "=== $label: passed in $((SECONDS - start)) s"
   else
     cat "$logs/$name.log"
+    touch "$logs/$name.failed"
     echo "=== $label: FAILED (rc $rc) after $((SECONDS - start)) s"
   fi
   return "$rc"
@@ -69,4 +71,34 @@ for pid in "${pids[@]}"; do
   wait "$pid" || failed=1
 done
 run_lane "$alone" || failed=1
+
+# One closing line for every pytest run of every step (unit, input, each
+# scenario's testinfra verify): the sums of their summary lines.
+summarize() {
+  local passed=0 failed=0 step_failed line n log step
+  # shellcheck disable=SC2068 # each lane is a list of steps
+  for step in ${lanes[@]} $alone; do
+    case "$step" in
+      make:*) log="$logs/${step#make:}.log" ;;
+      *:*) log="$logs/${step%%:*}-${step#*:}.log" ;;
+      *) log="$logs/$step-debian12.log" ;;
+    esac
+    [ -f "$log" ] || continue
+    step_failed=0
+    while read -r line; do
+      n=$(grep -oE '[0-9]+ passed' <<<"$line" | cut -d' ' -f1)
+      passed=$((passed + ${n:-0}))
+      for n in $(grep -oE '[0-9]+ (failed|errors?)' <<<"$line" | cut -d' ' -f1); do
+        step_failed=$((step_failed + n))
+      done
+    done < <(grep -E '^(=+ )?[0-9]+ (passed|failed|errors?)\b.* in [0-9.]+s' "$log")
+    # A step that failed outside pytest (lint, a converge) counts as one.
+    if [ "$step_failed" = 0 ] && [ -f "${log%.log}.failed" ]; then
+      step_failed=1
+    fi
+    failed=$((failed + step_failed))
+  done
+  echo "$passed passed, $failed failed"
+}
+summarize
 exit "$failed"

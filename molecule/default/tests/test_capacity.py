@@ -135,3 +135,22 @@ def test_logs_rotate_by_size_under_load_with_no_request_lost(host):
     assert marker in host.file(log).content_string
     assert host.file(log).size < 1024 * 1024
     host.run_expect([0], f"rm -f {log}.1")
+
+
+def test_tls_sessions_are_resumed(host):
+    """TLS 1.2 and 1.3 clients resume their sessions from nginx's shared
+    session cache (tickets are off): a resumed handshake skips the key
+    exchange and the certificate."""
+    tls12 = host.run("openssl s_client -tls1_2 -connect localhost:443 -servername localhost -reconnect </dev/null")
+    assert tls12.stdout.count("Reused, TLSv1.2") == 5, tls12.stdout[-2000:]
+    session = f"/tmp/lbtest-session-{time.time_ns()}.pem"
+    # A TLS 1.3 session comes after the handshake: the first client stays 1 s.
+    host.run(
+        f"(sleep 1) | openssl s_client -tls1_3 -connect localhost:443 -servername localhost -sess_out {session}"
+        " >/dev/null 2>&1"
+    )
+    tls13 = host.run(
+        f"openssl s_client -tls1_3 -connect localhost:443 -servername localhost -sess_in {session} </dev/null"
+    )
+    host.run(f"rm -f {session}")
+    assert "Reused, TLSv1.3" in tls13.stdout, tls13.stdout[-2000:]
