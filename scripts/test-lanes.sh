@@ -91,7 +91,9 @@ summarize() {
       for n in $(grep -oE '[0-9]+ (failed|errors?)' <<<"$line" | cut -d' ' -f1); do
         step_failed=$((step_failed + n))
       done
-    done < <(grep -E '^(=+ )?[0-9]+ (passed|failed|errors?)\b.* in [0-9.]+s' "$log")
+    # pytest's summary line, also inside Molecule's framed output (colours
+    # and a "│" before it): "=== 2 failed, 8 passed in 374.03s ===".
+    done < <(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -E '(^|[│= ])[0-9]+ (passed|failed|errors?)(, [0-9]+ [a-z]+)* in [0-9.]+s')
     # A step that failed outside pytest (lint, a converge) counts as one.
     if [ "$step_failed" = 0 ] && [ -f "${log%.log}.failed" ]; then
       step_failed=1
