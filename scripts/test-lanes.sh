@@ -14,6 +14,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 logs=.cache/test-logs
 mkdir -p "$logs"
+# The steps of this run, one log name a line (run_step appends, summarize reads).
+: >"$logs/steps"
 
 run_step() {
   local name="$1" distro=debian12 label start rc
@@ -32,6 +34,7 @@ run_step() {
     rc=$?
     name="$name-$distro"
   fi
+  echo "$name" >>"$logs/steps"
   rm -f "$logs/$name.failed"
   if [ "$rc" = 0 ]; then
     echo "=== $label: passed in $((SECONDS - start)) s"
@@ -76,13 +79,8 @@ run_lane "$alone" || failed=1
 # scenario's testinfra verify): the sums of their summary lines.
 summarize() {
   local passed=0 failed=0 step_failed line n log step
-  # shellcheck disable=SC2068 # each lane is a list of steps
-  for step in ${lanes[@]} $alone; do
-    case "$step" in
-      make:*) log="$logs/${step#make:}.log" ;;
-      *:*) log="$logs/${step%%:*}-${step#*:}.log" ;;
-      *) log="$logs/$step-debian12.log" ;;
-    esac
+  while read -r step; do
+    log="$logs/$step.log"
     [ -f "$log" ] || continue
     step_failed=0
     while read -r line; do
@@ -99,7 +97,7 @@ summarize() {
       step_failed=1
     fi
     failed=$((failed + step_failed))
-  done
+  done <"$logs/steps"
   echo "$passed passed, $failed failed"
 }
 summarize
