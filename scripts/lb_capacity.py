@@ -11,8 +11,12 @@ A capacity probe, not a throughput benchmark. In one bounded run:
      server ends cleanly (``Connection: close``, after keepalive_requests) is
      opened again and counted as ``reopened``, as a pool does; anything else
      is an error;
-  3. sweep: every idle connection sends one more GET, proving it was held
-     open the whole time and not reset.
+  3. sweep: every idle connection sends one more GET, the longest idle
+     first, proving it was held open the whole time and not reset.
+With ``--idle-limit S``, an idle connection that has sent nothing for S
+seconds sends one GET (phase ``refresh``), as a pool keeps its idle
+connections alive: a run slowed down by a busy machine then never outlasts
+the server's keep-alive timeout, which would close them on purpose.
 While holding, it prints ``{"event": "held", ...}`` on a line of its own,
 so a caller can read the server's state with every connection open (or,
 with ``--held-file``, it writes that line to a file). At the end it prints
@@ -42,6 +46,7 @@ from urllib.parse import urlsplit
 
 BODY = b'{"probe": true}'
 STEP_TIMEOUT = 15.0
+PHASES = ("open", "refresh", "hold", "sweep")
 
 
 class Closed(Exception):
@@ -71,8 +76,8 @@ class Client:
         if self.tls:
             self.context = ssl.create_default_context(cafile=args.cacert)
         self.statuses: Counter = Counter()
-        self.errors: dict[str, Counter] = {"open": Counter(), "hold": Counter(), "sweep": Counter()}
-        self.requests = {"open": 0, "hold": 0, "sweep": 0}
+        self.errors: dict[str, Counter] = {phase: Counter() for phase in PHASES}
+        self.requests = dict.fromkeys(PHASES, 0)
         self.reopened = 0
 
     async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -128,6 +133,9 @@ async def run(args: argparse.Namespace) -> dict:
     client = Client(args)
     started = time.monotonic()
     gate = asyncio.Semaphore(args.open_concurrency)
+    # Idle connections, with the time of their last answer, and the ones in use.
+    pool: dict[tuple, float] = {}
+    in_use: set[int] = set()
 
     async def open_one() -> tuple | None:
         async with gate:
@@ -138,6 +146,7 @@ async def run(args: argparse.Namespace) -> dict:
                 return None
             try:
                 await client.request(conn, "GET", "open")
+                pool[conn] = time.monotonic()
                 return conn
             except Closed:
                 await close(conn)
@@ -147,6 +156,32 @@ async def run(args: argparse.Namespace) -> dict:
                 await close(conn)
             return None
 
+    async def refresh(stop: asyncio.Event) -> None:
+        """With --idle-limit: an idle connection that has not sent a request for that
+        long sends one, as a pool's idle connection does before the server's
+        keepalive_timeout would close it (a slow run would otherwise outlast it)."""
+        while not stop.is_set():
+            now = time.monotonic()
+            due = [conn for conn, used in pool.items() if now - used > args.idle_limit and id(conn) not in in_use]
+
+            async def one(conn: tuple) -> None:
+                async with gate:
+                    in_use.add(id(conn))
+                    try:
+                        await client.request(conn, "GET", "refresh")
+                        pool[conn] = time.monotonic()
+                    except Exception as err:  # noqa: BLE001 - Closed included: an error here
+                        client.errors["refresh"][error_kind(err)] += 1
+                        pool.pop(conn, None)
+                        await close(conn)
+                    in_use.discard(id(conn))
+
+            await asyncio.gather(*(one(conn) for conn in due))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1)
+
+    stop_refresh = asyncio.Event()
+    refresher = asyncio.create_task(refresh(stop_refresh)) if args.idle_limit > 0 else None
     conns = [conn for conn in await asyncio.gather(*(open_one() for _index in range(args.connections))) if conn]
     opened_in = time.monotonic() - started
     held = {"event": "held", "open": len(conns), "opened_in_s": round(opened_in, 2), "time": time.time()}
@@ -155,7 +190,11 @@ async def run(args: argparse.Namespace) -> dict:
         with open(args.held_file, "w", encoding="utf-8") as handle:
             handle.write(json.dumps(held) + "\n")
 
-    active, idle = conns[: args.active], conns[args.active :]
+    # The busy connections: idle ones no refresh is using now.
+    active = [conn for conn in conns if conn in pool and id(conn) not in in_use][: args.active]
+    for conn in active:
+        pool.pop(conn)
+        in_use.add(id(conn))
     hold_until = time.monotonic() + args.seconds
 
     async def busy(conn) -> None:
@@ -181,6 +220,11 @@ async def run(args: argparse.Namespace) -> dict:
     hold_started = time.monotonic()
     await asyncio.gather(*(busy(conn) for conn in active))
     hold_took = time.monotonic() - hold_started
+    if refresher:
+        stop_refresh.set()
+        await refresher
+    # Every idle connection still open, the longest idle first.
+    idle = sorted(pool, key=pool.get)
 
     async def sweep(conn) -> None:
         async with gate:
@@ -225,6 +269,12 @@ def main() -> None:
     parser.add_argument("--resolve", help="connect to this address instead of the URL's host")
     parser.add_argument("--held-file")
     parser.add_argument("--max-seconds", type=float, default=300)
+    parser.add_argument(
+        "--idle-limit",
+        type=float,
+        default=0,
+        help="an idle connection sends a request after this many seconds without one (0: never)",
+    )
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = args.connections + 64
