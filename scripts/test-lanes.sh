@@ -11,7 +11,7 @@
 # when it fails; a line per step says how it ended and in how long. Exits
 # non-zero when any step failed.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 logs=.cache/test-logs
 mkdir -p "$logs"
 # The steps of this run, one log name a line (run_step appends, summarize reads).
@@ -86,9 +86,9 @@ summarize() {
     while read -r line; do
       n=$(grep -oE '[0-9]+ passed' <<<"$line" | cut -d' ' -f1)
       passed=$((passed + ${n:-0}))
-      for n in $(grep -oE '[0-9]+ (failed|errors?)' <<<"$line" | cut -d' ' -f1); do
-        step_failed=$((step_failed + n))
-      done
+      while read -r n; do
+        step_failed=$((step_failed + ${n:-0}))
+      done < <(grep -oE '[0-9]+ (failed|errors?)' <<<"$line" | cut -d' ' -f1)
     # pytest's summary line, also inside Molecule's framed output (colours
     # and a "│" before it): "=== 2 failed, 8 passed in 374.03s ===".
     done < <(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -E '(^|[│= ])[0-9]+ (passed|failed|errors?)(, [0-9]+ [a-z]+)* in [0-9.]+s')
@@ -97,6 +97,9 @@ summarize() {
       step_failed=1
     fi
     failed=$((failed + step_failed))
+    # Which tests failed: pytest's short summary (-r), named by step, so the
+    # end of the output says it even when a CI log keeps only its tail.
+    sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -oE '(FAILED|ERROR) [^ ]+::[^ ]+( - .{0,200})?' | sed "s/^/$step: /" || true
   done <"$logs/steps"
   echo "$passed passed, $failed failed"
 }

@@ -94,6 +94,26 @@ def test_server_option_errors_name_the_host_port_key_and_value():
     ]
 
 
+@pytest.mark.parametrize(
+    ("weight", "shown"),
+    [(0, "0"), (-3, "-3"), ("heavy", "'heavy'"), (1.5, "1.5"), (True, "True"), ("2", "'2'"), (None, "None")],
+)
+def test_server_option_errors_refuse_every_weight_that_is_not_an_integer_of_at_least_1(weight, shown):
+    # The bad-input table runs weight 0 end to end (tests/input, "upstream options").
+    assert lb.server_option_errors([{"host": "api1", "port": 8001, "weight": weight}]) == [
+        f"api_instances of api1, port 8001: weight must be an integer >= 1, got {shown}"
+    ]
+
+
+def test_server_option_errors_accept_valid_options():
+    assert (
+        lb.server_option_errors(
+            [{"host": "api1", "port": 8001, "weight": 3, "max_fails": 0, "fail_timeout": "500ms", "max_conns": 0}]
+        )
+        == []
+    )
+
+
 def test_host_servers_prefer_the_inventory_to_the_published_endpoints():
     published = {
         "inventory_hostname": "api1",

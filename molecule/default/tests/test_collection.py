@@ -4,7 +4,9 @@ roles path or filter path), finds the host as the converge left it.
 
 The scenario's converge itself ran `lbapi.nginx_api.site` from the installed
 collection (converge.yml), so test_default.py's traffic checks (30 requests
-→ 10 per instance) are the collection's result.
+→ 10 per instance) are the collection's result. This is the scenario's
+check pass (--check --diff reports no change), in place of the shared
+test_check_mode.py.
 """
 
 from __future__ import annotations
@@ -28,7 +30,14 @@ def test_site_playbook_by_fqcn_from_outside_the_clone(tmp_path):
     env.update(ANSIBLE_COLLECTIONS_PATH=str(installed), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
     inventory = os.environ["MOLECULE_INVENTORY_FILE"]
     run = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", inventory, "lbapi.nginx_api.site", "--check"],
+        [
+            str(Path(sys.executable).parent / "ansible-playbook"),
+            "-i",
+            inventory,
+            "lbapi.nginx_api.site",
+            "--check",
+            "--diff",
+        ],
         cwd=tmp_path,
         env=env,
         capture_output=True,

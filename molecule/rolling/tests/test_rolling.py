@@ -134,24 +134,41 @@ def test_hardened_unit_serves_logs_and_restarts(host):
     assert host.check_output(f"systemctl show -p MainPID --value {API_NAME}@8001") != pid
 
 
-def test_kill_9_is_invisible_and_the_instance_is_back_within_5s(host):
+def test_kill_9_is_invisible_and_nginx_takes_the_instance_back_within_fail_timeout_of_its_restart(host):
+    """Timed on the host's own clock, in two parts, so a busy controller or a
+    slow `docker exec` does not count: the shell that sends SIGKILL takes the
+    time once it is sent (a request sent after it cannot reach the killed
+    process), then polls 8002 directly until it answers again (systemd's
+    RestartSec=1 and uvicorn's start); "back in rotation" is the first answer
+    from 8002 to a request the loads sent after the kill (their per-request
+    records). nginx's part is bounded by fail_timeout (2 s): it tries a
+    failed server again 2 s after the failure."""
     with (
-        Load(host, URL, concurrency=10, pause=0.02) as load,
-        Load(host, URL, concurrency=10, pause=0.02, keepalive=True) as pooled,
+        Load(host, URL, concurrency=10, pause=0.02, record=True) as load,
+        Load(host, URL, concurrency=10, pause=0.02, keepalive=True, record=True) as pooled,
     ):
         pid = host.check_output(f"systemctl show -p MainPID --value {API_NAME}@8002")
-        killed = time.monotonic()
-        host.run_expect([0], f"kill -9 {pid}")
-        # Back in rotation: a request through nginx answered by 8002 again.
-        probe = host.run(
-            "for i in $(seq 150); do "
-            "curl -s -m 2 http://localhost/ | grep -q ':8002\"' && exit 0; sleep 0.1; done; exit 1"
+        restart = host.run(
+            f"kill -9 {pid} && date +%s.%N && for i in $(seq 300); do"
+            " curl -sf -m 1 -o /dev/null http://127.0.0.1:8002/health && date +%s.%N && exit 0; sleep 0.05; done;"
+            " exit 1"
         )
-        back = round(time.monotonic() - killed, 2)
-        time.sleep(2)
-    print(f"kill -9: 8002 back in rotation after {back} s")
-    assert probe.rc == 0, "8002 never came back through nginx"
-    assert back <= 5, back
+        time.sleep(3)
+    assert restart.rc == 0, f"8002 did not answer again within 15 s: {restart.stdout}{restart.stderr}"
+    killed, ready = (float(line) for line in restart.stdout.split())
+    after = [r for r in load.records + pooled.records if r["instance"] == "rolling:8002" and r["sent"] > killed]
+    assert after, "no request sent after the kill was answered by 8002 through nginx"
+    back = min(r["answered"] for r in after)
+    print(
+        f"kill -9: 8002 answered directly again after {ready - killed:.2f} s, through nginx after"
+        f" {back - killed:.2f} s ({back - ready:.2f} s after it was ready); host clock;"
+        f" {len(after)} answers from it since"
+    )
+    # systemd's part: RestartSec=1 and uvicorn's start (about 1.5 s on an idle
+    # host; up to 4 s on this 2-core machine while other scenarios run).
+    assert ready - killed <= 4, ready - killed
+    # nginx's part: at most fail_timeout (2 s) after the instance is ready.
+    assert back - ready <= 2.5, back - ready
     assert load.result["failed"] == 0, load.result
     assert pooled.result["failed"] == 0, pooled.result
     assert host.check_output(f"systemctl show -p MainPID --value {API_NAME}@8002") != pid
