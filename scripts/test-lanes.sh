@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run test steps for `make test` and `make molecule`: the lanes at the same
 # time, each lane's steps one after another, then the steps that must run
-# alone (timed checks that a busy 2-core machine would skew). A step is
+# alone, if any (--alone; make test has none now). A step is
 # make:TARGET (lint, unit, input), or a Molecule scenario NAME or NAME:DISTRO
 # (debian12 when not given), with its own ephemeral directory
 # (.cache/molecule/NAME-DISTRO), so one scenario can run on two distros at

@@ -1,10 +1,11 @@
-"""Bad input fails in the preflight plays, before any host is changed, naming the variable.
+"""Bad input fails in the preflight plays, naming the variable.
 
 Each case runs `ansible-playbook playbooks/preflight.yml` against an inventory
 of local hosts (lb1; api1 and api2). The preflight plays only read facts and
-validate, so nothing on this machine changes. The run's JSON result
-(Ansible's json callback) says which task failed, with which message, and
-what each host changed. Each case's exact task and message are in
+validate: they cannot change a host, so this table does not claim "nothing
+changed" (the methods scenario's test_bad_input_fails_before_any_host_changes
+shows it with a site.yml run that would change its host). The run's JSON
+result (Ansible's json callback) says which task failed, with which message. Each case's exact task and message are in
 expected_failures.json (INPUT_UPDATE_EXPECTED=1 rewrites it from a run, to
 review in the diff); its pattern says what the message must name.
 """
@@ -92,10 +93,6 @@ def outcome(run: subprocess.CompletedProcess) -> tuple[list[dict], dict[str, dic
     return failures, data["stats"]
 
 
-def nothing_changed(stats: dict[str, dict]) -> bool:
-    return all(counts["changed"] == 0 for counts in stats.values())
-
-
 EXPECTED_FILE = Path(__file__).with_name("expected_failures.json")
 EXPECTED = json.loads(EXPECTED_FILE.read_text()) if EXPECTED_FILE.exists() else {}
 UPDATE = os.environ.get("INPUT_UPDATE_EXPECTED") == "1"
@@ -114,17 +111,16 @@ def expected():
 
 def assert_refused(run: subprocess.CompletedProcess, pattern: str, case: str, expected: dict, normalize=None) -> None:
     """The run failed in one task (on each host it failed on), with the case's
-    exact messages, the first matching its pattern, and no host changed."""
+    exact messages, the first matching its pattern."""
     output = (run.stdout + run.stderr)[-3000:]
     assert run.returncode != 0, output
-    failures, stats = outcome(run)
+    failures, _stats = outcome(run)
     assert failures, output
     assert len({f["task"] for f in failures}) == 1, failures
     if normalize:
         failures = [{**f, "msg": normalize(f["msg"])} for f in failures]
     failures = sorted(failures, key=lambda f: f["host"])
     assert re.search(pattern, failures[0]["msg"], re.DOTALL), failures[0]
-    assert nothing_changed(stats), stats
     if UPDATE:
         expected[case] = failures
     else:
@@ -312,7 +308,6 @@ def test_valid_input_passes_preflight(tmp_path):
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     failures, stats = outcome(run)
     assert failures == []
-    assert nothing_changed(stats), stats
     assert set(stats) == {"lb1", "api1", "api2"}, stats
 
 
@@ -396,7 +391,6 @@ def test_a_valid_pair_passes_preflight(tmp_path):
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     failures, stats = outcome(run)
     assert failures == []
-    assert nothing_changed(stats), stats
     assert set(PAIR) <= set(stats), stats
 
 
@@ -490,6 +484,5 @@ def test_an_older_api_version_than_deployed_is_refused(tmp_path, expected):
 def test_a_newer_same_or_allowed_api_version_passes(tmp_path, deployed, extra):
     run = preflight(tmp_path, {**deployed_unit(tmp_path, deployed), **extra})
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
-    failures, stats = outcome(run)
+    failures, _stats = outcome(run)
     assert failures == []
-    assert nothing_changed(stats), stats
