@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run test steps for `make test` and `make molecule`: the lanes at the same
 # time, each lane's steps one after another, then the steps that must run
-# alone, if any (--alone; make test has none now). A step is
+# alone (--alone; make test runs rolling so). A step is
 # make:TARGET (lint, unit, input), or a Molecule scenario NAME or NAME:DISTRO
 # (debian12 when not given), with its own ephemeral directory
 # (.cache/molecule/NAME-DISTRO), so one scenario can run on two distros at
@@ -29,7 +29,9 @@ run_step() {
     [[ "$name" == *:* ]] && distro="${name#*:}"
     name="${name%%:*}"
     label="molecule test -s $name ($distro)"
-    MOLECULE_DISTRO="$distro" MOLECULE_EPHEMERAL_DIRECTORY="$PWD/.cache/molecule/$name-$distro" \
+    # COLUMNS: Molecule wraps its framed output at the terminal's width (80
+    # in a log); wide, pytest's "FAILED file::test - message" stays one line.
+    COLUMNS=1000 MOLECULE_DISTRO="$distro" MOLECULE_EPHEMERAL_DIRECTORY="$PWD/.cache/molecule/$name-$distro" \
       molecule test -s "$name" >"$logs/$name-$distro.log" 2>&1
     rc=$?
     name="$name-$distro"
