@@ -160,22 +160,22 @@ async def run(args: argparse.Namespace) -> dict:
         """With --idle-limit: an idle connection that has not sent a request for that
         long sends one, as a pool's idle connection does before the server's
         keepalive_timeout would close it (a slow run would otherwise outlast it)."""
+
+        async def one(conn: tuple) -> None:
+            async with gate:
+                in_use.add(id(conn))
+                try:
+                    await client.request(conn, "GET", "refresh")
+                    pool[conn] = time.monotonic()
+                except Exception as err:  # noqa: BLE001 - Closed included: an error here
+                    client.errors["refresh"][error_kind(err)] += 1
+                    pool.pop(conn, None)
+                    await close(conn)
+                in_use.discard(id(conn))
+
         while not stop.is_set():
             now = time.monotonic()
             due = [conn for conn, used in pool.items() if now - used > args.idle_limit and id(conn) not in in_use]
-
-            async def one(conn: tuple) -> None:
-                async with gate:
-                    in_use.add(id(conn))
-                    try:
-                        await client.request(conn, "GET", "refresh")
-                        pool[conn] = time.monotonic()
-                    except Exception as err:  # noqa: BLE001 - Closed included: an error here
-                        client.errors["refresh"][error_kind(err)] += 1
-                        pool.pop(conn, None)
-                        await close(conn)
-                    in_use.discard(id(conn))
-
             await asyncio.gather(*(one(conn) for conn in due))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1)

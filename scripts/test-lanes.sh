@@ -80,10 +80,12 @@ run_lane "$alone" || failed=1
 # One closing line for every pytest run of every step (unit, input, each
 # scenario's testinfra verify): the sums of their summary lines.
 summarize() {
-  local passed=0 failed=0 step_failed line n log step
+  local passed=0 failed=0 step_failed line n log step plain
   while read -r step; do
     log="$logs/$step.log"
     [ -f "$log" ] || continue
+    # The log without colours, read once for both its summary and its failures.
+    plain=$(sed 's/\x1b\[[0-9;]*m//g' "$log")
     step_failed=0
     while read -r line; do
       n=$(grep -oE '[0-9]+ passed' <<<"$line" | cut -d' ' -f1)
@@ -93,7 +95,7 @@ summarize() {
       done < <(grep -oE '[0-9]+ (failed|errors?)' <<<"$line" | cut -d' ' -f1)
     # pytest's summary line, also inside Molecule's framed output (colours
     # and a "│" before it): "=== 2 failed, 8 passed in 374.03s ===".
-    done < <(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -E '(^|[│= ])[0-9]+ (passed|failed|errors?)(, [0-9]+ [a-z]+)* in [0-9.]+s')
+    done < <(grep -E '(^|[│= ])[0-9]+ (passed|failed|errors?)(, [0-9]+ [a-z]+)* in [0-9.]+s' <<<"$plain")
     # A step that failed outside pytest (lint, a converge) counts as one.
     if [ "$step_failed" = 0 ] && [ -f "${log%.log}.failed" ]; then
       step_failed=1
@@ -101,7 +103,7 @@ summarize() {
     failed=$((failed + step_failed))
     # Which tests failed: pytest's short summary (-r), named by step, so the
     # end of the output says it even when a CI log keeps only its tail.
-    sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -oE '(FAILED|ERROR) [^ ]+::[^ ]+( - .{0,200})?' | sed "s/^/$step: /" || true
+    grep -oE '(FAILED|ERROR) [^ ]+::[^ ]+( - .{0,200})?' <<<"$plain" | sed "s/^/$step: /" || true
   done <"$logs/steps"
   echo "$passed passed, $failed failed"
 }
