@@ -1,12 +1,30 @@
 """Make molecule/shared/lbtest.py importable from every scenario's tests."""
 
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "shared"))
 
+# `make test-quick` (LBTEST_SMOKE=1): the default scenario's smoke subset,
+# beside its converge and idempotence: requests reach each instance, round
+# robin exact, a config nginx rejects rolled back while nginx serves, and
+# the check pass (the collection's site by FQCN, --check --diff).
+SMOKE = {
+    "test_default.py::test_requests_through_nginx_reach_each_instance_equally",
+    "test_methods.py::test_round_robin_splits_300_requests_equally",
+    "test_methods.py::test_rejected_config_is_rolled_back_and_nginx_keeps_serving",
+    "test_collection.py::test_site_playbook_by_fqcn_from_outside_the_clone",
+}
 
-def pytest_collection_modifyitems(items):
+
+def pytest_collection_modifyitems(config, items):
     """The check-mode pass (shared/test_check_mode.py) is each scenario's last step:
-    it checks the state every other test left, whatever the file names."""
+    it checks the state every other test left, whatever the file names.
+    With LBTEST_SMOKE=1, only the tests named in SMOKE run."""
+    if os.environ.get("LBTEST_SMOKE") == "1":
+        keep = [item for item in items if f"{item.path.name}::{item.originalname}" in SMOKE]
+        assert {f"{item.path.name}::{item.originalname}" for item in keep} == SMOKE, "a SMOKE test was renamed"
+        config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+        items[:] = keep
     items.sort(key=lambda item: item.path.name == "test_check_mode.py")

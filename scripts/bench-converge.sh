@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # make bench-converge: control-plane speed on the separate-tier cluster (1 load
-# balancer, 2 API hosts) reached over SSH as a sudo user: the ssh Molecule
-# scenario's hosts, fresh. Times a first converge, a no-op re-run and a
+# balancer, 2 API hosts) reached over SSH as a sudo user: the cluster
+# Molecule scenario's hosts, fresh. Times a first converge, a no-op re-run and a
 # `--check --diff` run of site.yml, prints each wall time, the ratio
 # no-op/first and the 10 slowest tasks of the no-op (profile_tasks).
-# Uses the ssh scenario's container names: not at the same time as its test.
+# Uses the cluster scenario's container names: not at the same time as its test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export MOLECULE_DISTRO="${MOLECULE_DISTRO:-debian12}"
@@ -12,11 +12,11 @@ export MOLECULE_EPHEMERAL_DIRECTORY="$PWD/.cache/bench-converge"
 logs="$PWD/.cache/bench-converge-logs"
 mkdir -p "$logs"
 
-molecule destroy -s ssh >"$logs/destroy.log" 2>&1
-trap 'molecule destroy -s ssh >>"$logs/destroy.log" 2>&1 || true' EXIT
-echo "bench-converge: creating the ssh scenario's hosts (log: $logs)"
-molecule create -s ssh >"$logs/create.log" 2>&1
-molecule prepare -s ssh >"$logs/prepare.log" 2>&1
+molecule destroy -s cluster >"$logs/destroy.log" 2>&1
+trap 'molecule destroy -s cluster >>"$logs/destroy.log" 2>&1 || true' EXIT
+echo "bench-converge: creating the cluster scenario's hosts (log: $logs)"
+molecule create -s cluster >"$logs/create.log" 2>&1
+molecule prepare -s cluster >"$logs/prepare.log" 2>&1
 
 # The environment Molecule gives its own ansible-playbook runs.
 export ANSIBLE_CONFIG="$MOLECULE_EPHEMERAL_DIRECTORY/ansible.cfg"

@@ -69,7 +69,7 @@ say "docker engine $(docker version -f '{{.Server.Version}}') is running"
 # --- git (an api_source at a git ref is fetched on the controller) ----------
 command -v git >/dev/null || apt_install git
 
-# --- SSH client (the ssh scenario and bench-converge connect over SSH) -------
+# --- SSH client (the cluster scenario and bench-converge connect over SSH) -------
 if ! command -v ssh >/dev/null || ! command -v ssh-keyscan >/dev/null; then apt_install openssh-client; fi
 
 # --- shellcheck (ansible-test sanity's shellcheck test skips without it) ---

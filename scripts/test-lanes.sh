@@ -6,16 +6,36 @@
 # (debian12 when not given), with its own ephemeral directory
 # (.cache/molecule/NAME-DISTRO), so one scenario can run on two distros at
 # once.
-#   test-lanes.sh --lane "make:lint default:debian12" --lane "cluster ssh" --alone "rolling"
+#   test-lanes.sh --lane "make:lint default:debian12" --lane "cluster tls" --alone "rolling"
 # Each step's output goes to .cache/test-logs/STEP.log and is printed whole
 # when it fails; a line per step says how it ended and in how long. Exits
 # non-zero when any step failed.
 set -uo pipefail
+shopt -s extglob
 cd "$(dirname "$0")/.." || exit 2
 logs=.cache/test-logs
 mkdir -p "$logs"
 # The steps of this run, one log name a line (run_step appends, summarize reads).
 : >"$logs/steps"
+
+# Copy a Molecule log from stdin to stdout, and write to $1 how long each of
+# its actions took ("create 31 s, prepare 48 s, ..."): each action runs from
+# its "➜ ACTION: Executing" line to the next one.
+phases() {
+  local line action="" started=$SECONDS out=""
+  while IFS= read -r line; do
+    printf '%s\n' "$line"
+    if [[ "$line" == *"➜ "*": "*Executing* ]]; then
+      line=${line//$'\e'\[*([0-9;])m/}
+      [[ "$line" =~ ➜\ ([a-z_]+):\ Executing$ ]] || continue
+      [ -n "$action" ] && out+="$action $((SECONDS - started)) s, "
+      action="${BASH_REMATCH[1]}"
+      started=$SECONDS
+    fi
+  done
+  [ -n "$action" ] && out+="$action $((SECONDS - started)) s"
+  printf '%s\n' "$out" >"$1"
+}
 
 run_step() {
   local name="$1" distro=debian12 label start rc
@@ -32,9 +52,10 @@ run_step() {
     # COLUMNS: Molecule wraps its framed output at the terminal's width (80
     # in a log); wide, pytest's "FAILED file::test - message" stays one line.
     COLUMNS=1000 MOLECULE_DISTRO="$distro" MOLECULE_EPHEMERAL_DIRECTORY="$PWD/.cache/molecule/$name-$distro" \
-      molecule test -s "$name" >"$logs/$name-$distro.log" 2>&1
-    rc=$?
+      molecule test -s "$name" 2>&1 | phases "$logs/$name-$distro.phases" >"$logs/$name-$distro.log"
+    rc=${PIPESTATUS[0]}
     name="$name-$distro"
+    label="$label [$(cat "$logs/$name.phases")]"
   fi
   echo "$name" >>"$logs/steps"
   rm -f "$logs/$name.failed"

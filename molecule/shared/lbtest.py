@@ -208,6 +208,20 @@ def assert_covered(result: dict, event_started: float, event_ended: float, min_r
     assert result["requests"] >= min_requests, result
 
 
+def requests_each(host, urls: list[str], count: int, cacert: str | None = None) -> list[dict]:
+    """requests_from for each of `urls` in turn (`count` requests each, one at
+    a time), in one command on the host: lb_requests.py's JSON for each."""
+    args = [f"--requests={count}", "--concurrency=1"] + ([f"--cacert={cacert}"] if cacert else [])
+    script = "/tmp/lbtest-requests.py"
+    loop = "; ".join(shlex.join(["python3", script, f"--url={url}", *args]) for url in urls)
+    run = host.run(f"cat > {script} <<'LB_REQUESTS_EOF'\n{LB_REQUESTS}\nLB_REQUESTS_EOF\n{loop}; rm -f {script}")
+    results = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    assert len(results) == len(urls), run.stdout + run.stderr
+    for result in results:
+        print(json.dumps({k: v for k, v in result.items() if k != "timeline"}, sort_keys=True))
+    return results
+
+
 class Load:
     """Continuous load from a test host while an event runs on the controller.
 

@@ -1,7 +1,8 @@
 """Separate tiers behind firewalls, probed across hosts.
 
 lb1 balances over api1 and api2 (3 instances each); `outsider` is in no
-group: it may reach lb1's HTTP port and SSH, nothing else. nmap on the
+group: over IPv4 it may reach lb1's HTTP and HTTPS ports, nothing else (SSH
+is open to the controller only, test_ssh.py). nmap on the
 outsider is the independent check of what each host lets through.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -33,6 +35,11 @@ from lbtest import (
 API_HOSTS = ("api1", "api2")
 
 
+def docker_exec(container: str, command: str) -> None:
+    """Run a shell command as root in a test host through Docker, out of band."""
+    subprocess.run(["docker", "exec", container, "sh", "-c", command], timeout=60, check=True)
+
+
 def status_from(host, url: str) -> int:
     """HTTP status of a GET from the host; 0 when no connection was made."""
     return http(host, url, cacert=CACERT if url.startswith("https:") else None, timeout=5)[0]
@@ -43,13 +50,12 @@ def test_outsider_reaches_the_load_balancer(hosts):
     assert status_from(hosts["outsider"], "http://lb1/") == 301
 
 
-def test_nmap_from_outsider_sees_only_http_https_and_ssh_on_lb1(hosts):
+def test_nmap_from_outsider_sees_only_http_and_https_on_lb1(hosts):
     states = scan(hosts["outsider"], "lb1", "22,80,443,8001-8003,9999")
     print("lb1", states)
-    assert states[22] == "open"
     assert states[80] == "open"
     assert states[443] == "open"
-    for port in (*PORTS, 9999):
+    for port in (22, *PORTS, 9999):
         assert states[port] == "filtered", (port, states)
 
 
@@ -57,8 +63,7 @@ def test_nmap_from_outsider_sees_only_http_https_and_ssh_on_lb1(hosts):
 def test_nmap_from_outsider_sees_no_api_port(hosts, api):
     states = scan(hosts["outsider"], api, "22,80,443,8001-8003,9999")
     print(api, states)
-    assert states[22] == "open"
-    for port in (80, 443, *PORTS, 9999):
+    for port in (22, 80, 443, *PORTS, 9999):
         assert states[port] == "filtered", (port, states)
 
 
@@ -84,14 +89,6 @@ def test_status_page_refused_to_the_outsider(hosts):
 def test_lb1_reaches_every_api_port(hosts, api):
     for port in PORTS:
         assert status_from(hosts["lb1"], f"http://{api}:{port}/health") == 200
-
-
-def test_ssh_banner_from_the_outsider(hosts):
-    for target in ("lb1", "api1", "api2"):
-        banner = hosts["outsider"].check_output(
-            f"timeout 5 bash -c 'exec 3<>/dev/tcp/{target}/22; head -c 7 <&3' || true"
-        )
-        assert banner == "SSH-2.0", (target, banner)
 
 
 def test_requests_through_lb1_reach_all_six_instances(hosts):
@@ -150,17 +147,25 @@ def test_an_inventory_edit_reaches_the_upstream_in_a_run_limited_to_the_load_bal
     be the edited one: the cache cannot hide an inventory edit."""
     host_vars = Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent / "host_vars"
     host_vars.mkdir(exist_ok=True)
-    edited = host_vars / "api1.yml"
-    assert not edited.exists()
+    # Molecule's own file for api1 (its connection variables), if any: Ansible
+    # reads only the first of host_vars/api1, api1.yml, ... that exists.
+    edited = host_vars / "api1"
+    original = edited.read_text() if edited.exists() else None
+    current = (yaml.safe_load(original) if original else None) or {}
+    assert "api_instances" not in current, current
     api1 = resolve(hosts["lb1"], "api1")
-    edited.write_text(yaml.safe_dump({"api_instances": [*({"port": p} for p in PORTS), {"port": 8009, "weight": 2}]}))
+    instances = [*({"port": p} for p in PORTS), {"port": 8009, "weight": 2}]
+    edited.write_text(yaml.safe_dump({**current, "api_instances": instances}))
     try:
         run = playbook("--limit", "lb1", "--tags", "loadbalancers")
         assert run.returncode == 0, tail(run)
         assert set(recap(run)) == {"lb1"}, tail(run)
         site = hosts["lb1"].file(SITE_FILE).content_string
     finally:
-        edited.unlink()
+        if original is None:
+            edited.unlink()
+        else:
+            edited.write_text(original)
         restored = playbook("--limit", "lb1", "--tags", "loadbalancers")
     assert f"server {api1}:8009 weight=2 " in site, site
     assert restored.returncode == 0, tail(restored)
@@ -252,18 +257,20 @@ def test_stopping_a_whole_api_host(hosts):
     api2 = hosts["api2"]
     route = api2.check_output("ip route show default")
     window = 2  # nginx_lb_fail_timeout
+    # The link goes down and up through Docker: over SSH, taking the link
+    # down would cut the connection that has to bring it back.
     try:
         # Few requests: those that hit api2 wait for the connect timeout.
         first = Load(hosts["outsider"], LB_URL, concurrency=10, cacert=CACERT, timeout=15, min_requests=20)
         with first:
-            api2.run_expect([0], "ip link set eth0 down")
+            docker_exec("api2", "ip link set eth0 down")
             time.sleep(window)
         with Load(hosts["outsider"], LB_URL, concurrency=10, cacert=CACERT, timeout=15) as later:
             time.sleep(10)
     finally:
-        api2.run("ip link set eth0 up")
+        docker_exec("api2", "ip link set eth0 up")
         if route:
-            api2.run(f"ip route replace {route}")
+            docker_exec("api2", f"ip route replace {route}")
     print(f"api2 down, first {window} s:", json.dumps(first.result))
     print("api2 down, the next 10 s:", json.dumps(later.result))
     # The first window: requests on connections nginx had open to api2 when it
@@ -275,12 +282,14 @@ def test_stopping_a_whole_api_host(hosts):
     assert first.result["ok"] >= 20, first.result
     assert later.result["failed"] == 0, later.result
     assert set(later.result["instances"]) == {f"api1:{port}" for port in PORTS}, later.result
-    # Back up: after fail_timeout nginx tries api2 again and it serves
-    # (bounded wait for the first request it answers).
-    hosts["outsider"].run_expect(
-        [0],
-        f"for i in $(seq 100); do curl -s -m 5 --cacert {CACERT} {LB_URL} | grep -q '\"api2:' && exit 0;"
-        " sleep 0.1; done; exit 1",
-    )
+    # Back up: after fail_timeout nginx tries each api2 instance again, and
+    # they serve: bounded wait for a round of 6 that reaches all six.
+    expected = sorted(f"{api}:{port}" for api in API_HOSTS for port in PORTS)
+    for _attempt in range(30):
+        if sorted(requests_from(hosts["outsider"], LB_URL, 6, cacert=CACERT)["instances"]) == expected:
+            break
+        time.sleep(0.5)
+    # Then round robin is exact again: 60 requests, 10 on each instance.
     result = requests_from(hosts["outsider"], LB_URL, 60, cacert=CACERT)
-    assert len(result["instances"]) == 6, result
+    assert result["failed"] == 0, result
+    assert result["instances"] == dict.fromkeys(expected, 10), result

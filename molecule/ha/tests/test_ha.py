@@ -211,16 +211,23 @@ def reconnect(holder: str, address: str) -> None:
     get_host(holder).run_expect([0], f"ip link set eth0 up && ip route replace default via {gateway}")
 
 
+# Each cause with the bound of the move. Stopping nginx is planned: the
+# handover unit (lb-ha-nginx-handover, stopped before nginx) gives the
+# address up with a priority-0 advert, and the peer takes it after its skew
+# time only (about 0.25 s measured): 1 s, where the check script's path
+# (lb_ha_check_fall x lb_ha_check_interval, then the takeover) would be 2 s
+# or more. A killed keepalived or a lost link send nothing: the peer waits
+# for VRRP's master-down timer.
 CAUSES = {
-    "nginx-stopped": (stop_nginx, restore_nginx),
-    "keepalived-killed": (kill_keepalived, restore_keepalived),
-    "holder-link-down": (disconnect, reconnect),
+    "nginx-stopped": (stop_nginx, restore_nginx, 1.0),
+    "keepalived-killed": (kill_keepalived, restore_keepalived, TAKEOVER + MARGIN),
+    "holder-link-down": (disconnect, reconnect, TAKEOVER + MARGIN),
 }
 
 
 @pytest.mark.parametrize("cause", CAUSES)
 def test_failover_under_load(host, cacert, settled, cause):
-    event, restore = CAUSES[cause]
+    event, restore, bound = CAUSES[cause]
     holder = settled
     other = next(name for name in LBS if name != holder)
     address = get_host(holder).check_output(f"ip -o -4 address show dev eth0 | grep -v {VIP}").split()[3]
@@ -270,7 +277,7 @@ def test_failover_under_load(host, cacert, settled, cause):
     print(json.dumps(report))
     assert moved, sampled.samples[-10:]
     assert took is not None, sampled.samples
-    assert took - started <= TAKEOVER + MARGIN, (took - started, sampled.samples)
+    assert took - started <= bound, (took - started, bound, sampled.samples)
     assert sampled.doubles() == [], sampled.doubles()
     for load in (pooled, single):
         # At most one failure per connection open at the move (its TCP state

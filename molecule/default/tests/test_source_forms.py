@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from lbtest import DEMO2_MODULE, PORTS, ROLLING_UPDATE, Load, build_demo2, playbook, recap, tail
+from lbtest import CERT, DEMO2_MODULE, PORTS, ROLLING_UPDATE, Load, build_demo2, playbook, recap, tail
 
-URL = "http://localhost/"
+URL = "https://localhost/"
 
 
 def served(host) -> dict[int, dict]:
@@ -40,8 +40,8 @@ def artifact_vars(source, version: str, **extra) -> dict:
 
 def test_a_wheel_rolls_out_without_a_failed_request(host, tmp_path, inventory_app_back):
     wheel = build_demo2(tmp_path, "2.0.0", "wheel")
-    pooled = Load(host, URL, concurrency=5, keepalive=True, min_requests=100)
-    single = Load(host, URL, concurrency=5, min_requests=100)
+    pooled = Load(host, URL, concurrency=5, keepalive=True, min_requests=100, cacert=CERT)
+    single = Load(host, URL, concurrency=5, min_requests=100, cacert=CERT)
     with pooled, single:
         run = playbook(extra_vars=artifact_vars(wheel, "2.0.0"), path=ROLLING_UPDATE)
         assert run.returncode == 0, tail(run)

@@ -4,7 +4,7 @@ The operator narrows SSH to the address the preflight saw (the controller,
 10.213.50.1), while the controller's egress moves: after the first
 connection of the run, new connections come through the outsider
 (10.213.50.14), as from a NAT gateway that failed over to its other address
-(molecule/ssh/egress_pool.py, a ProxyCommand). The preflight accepts the
+(molecule/cluster/egress_pool.py, a ProxyCommand). The preflight accepts the
 ruleset; the confirming reconnection is turned away; the timer restores the
 previous ruleset, the controller gets back in, and the run fails saying why.
 """
@@ -20,11 +20,11 @@ from pathlib import Path
 
 from lbtest import PROJECT, ansible_command, playbook, playbook_command, playbook_env, said, tail
 
-HOST = "ssh-api1"
+HOST = "api1"
 CONTROLLER = "10.213.50.1/32"
 NEW_EGRESS = "10.213.50.14/32"
 CONFIRM_TIMEOUT = 20
-POOL = PROJECT / "molecule" / "ssh" / "egress_pool.py"
+POOL = PROJECT / "molecule" / "cluster" / "egress_pool.py"
 
 
 def live_table() -> str:
@@ -44,7 +44,7 @@ def test_a_ruleset_that_cuts_the_controller_off_is_rolled_back():
     assert "10.213.50.14" in live_table()
     try:
         with tempfile.TemporaryDirectory() as state:
-            (Path(state) / "jump").write_text("ssh-outsider")
+            (Path(state) / "jump").write_text("outsider")
             (Path(state) / "cp").mkdir()
             proxy = f"-o ProxyCommand='{sys.executable} {POOL} {state} %h %p'"
             command = playbook_command(
@@ -85,7 +85,7 @@ def test_a_ruleset_that_cuts_the_controller_off_is_rolled_back():
             assert back is not None, output[-4000:]
             print(f"ruleset cut the new egress for {back - cut:.1f} s (timer {CONFIRM_TIMEOUT} s)")
             assert back - cut <= CONFIRM_TIMEOUT + 10, output[-4000:]
-            assert "The new firewall ruleset cut the controller off ssh-api1" in folded, output[-4000:]
+            assert "The new firewall ruleset cut the controller off api1" in folded, output[-4000:]
             assert "restored the previous ruleset" in folded, output[-4000:]
             assert "the controller reaches the host again" in folded, output[-4000:]
             assert "Add every address the controller's connections can come from to firewall_ssh_sources" in folded
