@@ -117,12 +117,20 @@ def test_rolling_version_change_under_load(hosts, version, keepalive):
     old = containers(docker1)
     # A pause between requests: a TLS handshake per request at full speed
     # would take the 2-core machine from the scenarios running alongside.
-    with Load(client, URL, concurrency=10, pause=0.2, cacert=CACERT, keepalive=keepalive) as load:
+    # And POSTs on kept-alive connections: nginx retries a GET on another
+    # instance when one closes or refuses, never a POST, so a roll that
+    # skipped the drain would show here.
+    with (
+        Load(client, URL, concurrency=10, pause=0.2, cacert=CACERT, keepalive=keepalive) as load,
+        Load(client, URL, concurrency=3, pause=0.2, cacert=CACERT, keepalive=True, method="POST") as posts,
+    ):
         run = playbook(extra_vars={"api_version": version} if version != "1.0.0" else None)
     assert run.returncode == 0, tail(run)
     result = load.result
     assert result["failed"] == 0, result
     assert set(result["versions"]) == {"1.0.0", "1.1.0"}, result
+    assert posts.result["failed"] == 0, posts.result
+    assert set(posts.result["versions"]) == {"1.0.0", "1.1.0"}, posts.result
     new = containers(docker1)
     for port in WEIGHTS:
         service = f"api-{port}"
