@@ -3,7 +3,7 @@
 Each case runs `ansible-playbook playbooks/preflight.yml` against an inventory
 of local hosts (lb1; api1 and api2). The preflight plays only read facts and
 validate: they cannot change a host, so this table does not claim "nothing
-changed" (the methods scenario's test_bad_input_fails_before_any_host_changes
+changed" (the default scenario's test_bad_input_fails_before_any_host_changes
 shows it with a site.yml run that would change its host). The run's JSON
 result (Ansible's json callback) says which task failed, with which message. Each case's exact task and message are in
 expected_failures.json (INPUT_UPDATE_EXPECTED=1 rewrites it from a run, to
