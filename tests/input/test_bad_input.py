@@ -28,14 +28,15 @@ LOCAL = {"ansible_connection": "local", "ansible_python_interpreter": sys.execut
 
 
 def inventory(
-    tmp_path: Path, api_hosts: list[str], compose_hosts: list[str] = (), lb_hosts: dict | None = None
+    tmp_path: Path, api_hosts: list[str] | dict, compose_hosts: list[str] = (), lb_hosts: dict | None = None
 ) -> Path:
+    """Local hosts; api_hosts and lb_hosts as names, or as {name: host vars}."""
     data = {
         "all": {
             "vars": {**LOCAL, "api_bind_address": "127.0.0.1"},
             "children": {
                 "loadbalancers": {"hosts": lb_hosts or {"lb1": None}},
-                "api_servers": {"hosts": {name: None for name in api_hosts}},
+                "api_servers": {"hosts": api_hosts if isinstance(api_hosts, dict) else dict.fromkeys(api_hosts)},
                 "compose_hosts": {"hosts": {name: None for name in compose_hosts}},
             },
         }
@@ -48,7 +49,7 @@ def inventory(
 def preflight(
     tmp_path: Path,
     extra_vars: dict,
-    api_hosts: list[str] | None = None,
+    api_hosts: list[str] | dict | None = None,
     compose_hosts: list[str] = (),
     lb_hosts: dict | None = None,
 ) -> subprocess.CompletedProcess:
@@ -127,6 +128,28 @@ def assert_refused(run: subprocess.CompletedProcess, pattern: str, case: str, ex
         assert failures == EXPECTED[case], (failures, EXPECTED.get(case))
 
 
+def assert_refused_per_host(
+    run: subprocess.CompletedProcess, patterns: dict[str, str], case: str, expected: dict, normalize=None
+) -> None:
+    """Several variants of one check in one run, one host each: the run failed
+    in one task, on exactly the hosts of `patterns`, each message matching its
+    host's pattern, and all exactly as pinned in expected_failures.json."""
+    output = (run.stdout + run.stderr)[-3000:]
+    assert run.returncode != 0, output
+    failures, _stats = outcome(run)
+    assert len({f["task"] for f in failures}) == 1, failures
+    if normalize:
+        failures = [{**f, "msg": normalize(f["msg"])} for f in failures]
+    failures = sorted(failures, key=lambda f: f["host"])
+    assert [f["host"] for f in failures] == sorted(patterns), failures
+    for failure in failures:
+        assert re.search(patterns[failure["host"]], failure["msg"], re.DOTALL), failure
+    if UPDATE:
+        expected[case] = failures
+    else:
+        assert failures == EXPECTED[case], (failures, EXPECTED.get(case))
+
+
 def instances(*entries: dict) -> dict:
     return {"api_instances": list(entries)}
 
@@ -135,7 +158,6 @@ P1, P2, P3 = {"port": 8001}, {"port": 8002}, {"port": 8003}
 
 # (id, extra vars, api hosts or None for api1+api2, pattern the failure must show)
 CASES = [
-    ("unknown method", {"nginx_lb_method": "weighted"}, None, r"nginx_lb_method.*one of.*round_robin"),
     (
         # Every upstream option's check in one run (its value variants are
         # unit tests of lb_server_option_errors, tests/unit/test_filters.py).
@@ -164,36 +186,13 @@ CASES = [
     ("duplicate port", instances(P1, P2, {"port": 8001}), None, r"port used more than once.*8001"),
     ("no api_servers", {}, [], r"upstream \S+ would be empty"),
     ("no instances", instances(), None, r"upstream \S+ would be empty"),
-    (
-        "backup with hash",
-        {**instances(P1, {"port": 8002, "backup": True}), "nginx_lb_method": "hash", "nginx_lb_hash_key": "$uri"},
-        None,
-        r"backup: true.*nginx_lb_method=hash",
-    ),
-    (
-        "backup with ip_hash",
-        {**instances(P1, {"port": 8002, "backup": True}), "nginx_lb_method": "ip_hash"},
-        None,
-        r"backup: true.*nginx_lb_method=ip_hash",
-    ),
-    (
-        "backup with random",
-        {**instances(P1, {"port": 8002, "backup": True}), "nginx_lb_method": "random"},
-        None,
-        r"backup: true.*nginx_lb_method=random",
-    ),
     ("hash without key", {"nginx_lb_method": "hash"}, None, r"nginx_lb_method=hash needs nginx_lb_hash_key"),
-    ("role max_fails negative", {"nginx_lb_max_fails": -1}, None, r"nginx_lb_max_fails must be >= 0"),
     (
         "down on every server",
         instances({"port": 8001, "down": True}, {"port": 8002, "down": True}),
         None,
         r"Every server of upstream .* down",
     ),
-    ("api_name with a space", {"api_name": "rag photographie"}, None, r"api_name=.*is not valid"),
-    ("api_name with an @", {"api_name": "rag@api"}, None, r"api_name=.*is not valid"),
-    ("api_name too long", {"api_name": "a" * 40}, None, r"api_name=.*at most 32"),
-    ("zero tries", {"nginx_lb_proxy_next_upstream_tries": 0}, None, r"nginx_lb_proxy_next_upstream_tries >= 1"),
     (
         "hsts shorter than 180 days",
         {"nginx_lb_hsts_max_age": 86400},
@@ -226,18 +225,11 @@ CASES = [
         r"nginx_lb_log_rotate_maxsize empty or a logrotate size such as 100M \(got 'big'\)",
     ),
     ("acme without names", {"nginx_lb_tls_mode": "acme"}, None, r"nginx_lb_tls_mode=acme needs DNS names"),
-    ("unknown tls mode", {"nginx_lb_tls_mode": "letsencrypt"}, None, r"nginx_lb_tls_mode.*selfsigned, provided, acme"),
     (
         "provided without a key",
         {"nginx_lb_tls_mode": "provided", "nginx_lb_tls_certificate": "-----BEGIN CERTIFICATE-----"},
         None,
         r"nginx_lb_tls_mode=provided needs nginx_lb_tls_certificate",
-    ),
-    (
-        "firewall source not an address",
-        {"firewall_rules": [{"name": "exporter", "ports": [9100], "sources": ["10.0.0.300"]}]},
-        None,
-        r"sources must be IPv4/IPv6 addresses or CIDRs.*exporter: 10\.0\.0\.300",
     ),
     (
         "firewall port out of range",
@@ -258,12 +250,6 @@ CASES = [
         r"would lock the controller out of .*198\.51\.100\.7.*firewall_ssh_sources",
     ),
     (
-        "api firewall source not an address",
-        {"api_firewall_sources": ["lb1.example"]},
-        None,
-        r"instances: lb1\.example",
-    ),
-    (
         "monitoring source not an address",
         {"monitoring_sources": ["prometheus.example"]},
         None,
@@ -281,18 +267,135 @@ CASES = [
         None,
         r"must not block the health path /health",
     ),
-    (
-        "unknown access log format",
-        {"nginx_lb_access_log_format": "logfmt"},
-        None,
-        r"nginx_lb_access_log_format.*json, combined",
-    ),
 ]
 
 
 @pytest.mark.parametrize(("case", "extra_vars", "api_hosts", "pattern"), CASES, ids=[c[0] for c in CASES])
 def test_bad_input_fails_in_preflight_with_a_clear_message(tmp_path, expected, case, extra_vars, api_hosts, pattern):
     assert_refused(preflight(tmp_path, extra_vars, api_hosts), pattern, case, expected)
+
+
+BACKUP = instances(P1, {"port": 8002, "backup": True})
+PAIR_ON = {"lb_ha_vip": "192.0.2.100"}
+
+# Variants of one check, in one run each: every variant is a host of its own
+# (its variables as host vars), and the check fails on each of them in the
+# same task, each with its own message.
+# (id, load balancers with their vars, API hosts with theirs or None for
+# api1+api2, extra vars, {host: pattern its message must match})
+BATCHES = [
+    (
+        "unknown choices",
+        {
+            "lb1": {"nginx_lb_method": "weighted"},
+            "lb2": {"nginx_lb_tls_mode": "letsencrypt"},
+            "lb3": {"nginx_lb_access_log_format": "logfmt"},
+        },
+        None,
+        {},
+        {
+            "lb1": r"nginx_lb_method.*one of.*round_robin",
+            "lb2": r"nginx_lb_tls_mode.*selfsigned, provided, acme",
+            "lb3": r"nginx_lb_access_log_format.*json, combined",
+        },
+    ),
+    (
+        "backup with a method that refuses it",
+        {
+            "lb1": {"nginx_lb_method": "hash", "nginx_lb_hash_key": "$uri"},
+            "lb2": {"nginx_lb_method": "ip_hash"},
+            "lb3": {"nginx_lb_method": "random"},
+        },
+        None,
+        BACKUP,
+        {
+            "lb1": r"backup: true.*nginx_lb_method=hash",
+            "lb2": r"backup: true.*nginx_lb_method=ip_hash",
+            "lb3": r"backup: true.*nginx_lb_method=random",
+        },
+    ),
+    (
+        "retry policy",
+        {"lb1": {"nginx_lb_max_fails": -1}, "lb2": {"nginx_lb_proxy_next_upstream_tries": 0}},
+        None,
+        {},
+        {
+            "lb1": r"nginx_lb_max_fails must be >= 0 \(got -1\)",
+            "lb2": r"nginx_lb_proxy_next_upstream_tries >= 1 \(got 0\)",
+        },
+    ),
+    (
+        "api_name",
+        None,
+        {"api1": {"api_name": "rag photographie"}, "api2": {"api_name": "rag@api"}, "api3": {"api_name": "a" * 40}},
+        {},
+        {
+            "api1": r"api_name=\"rag photographie\" is not valid",
+            "api2": r"api_name=\"rag@api\" is not valid",
+            "api3": r"api_name=\"a{40}\" is not valid.*at most 32",
+        },
+    ),
+    (
+        "firewall sources not addresses",
+        {"lb1": {"firewall_rules": [{"name": "exporter", "ports": [9100], "sources": ["10.0.0.300"]}]}},
+        {"api1": {"api_firewall_sources": ["lb1.example"]}},
+        {},
+        {
+            "lb1": r"sources must be IPv4/IPv6 addresses or CIDRs.*exporter: 10\.0\.0\.300",
+            "api1": r"sources must be IPv4/IPv6 addresses or CIDRs.*instances: lb1\.example",
+        },
+    ),
+    (
+        "pairs not of two hosts",
+        {
+            "lb1": PAIR_ON,
+            "lb2": {"lb_ha_vip": "192.0.2.101"},
+            "lb3": {"lb_ha_vip": "192.0.2.101"},
+            "lb4": {"lb_ha_vip": "192.0.2.101"},
+        },
+        None,
+        {},
+        {
+            "lb1": r"lb_ha_vip 192\.0\.2\.100 is set on 1 host\(s\) of group 'loadbalancers' \(lb1\); "
+            r"a pair is exactly 2\. Its peer is missing",
+            **dict.fromkeys(
+                ("lb2", "lb3", "lb4"),
+                r"lb_ha_vip 192\.0\.2\.101 is set on 3 host\(s\).*more than 2 hosts per address is not supported",
+            ),
+        },
+    ),
+    (
+        "virtual router ids",
+        {
+            "lb1": {**PAIR_ON, "lb_ha_virtual_router_id": 256},
+            "lb2": {**PAIR_ON, "lb_ha_virtual_router_id": 256},
+            **{name: {"lb_ha_vip": "192.0.2.101", "lb_ha_virtual_router_id": 7} for name in ("lb3", "lb4")},
+            **{name: {"lb_ha_vip": "192.0.2.102", "lb_ha_virtual_router_id": 7} for name in ("lb5", "lb6")},
+        },
+        None,
+        {},
+        {
+            **dict.fromkeys(
+                ("lb1", "lb2"), r"lb_ha_virtual_router_id 256 of the pair for 192\.0\.2\.100: it must be within 1-255"
+            ),
+            **dict.fromkeys(
+                ("lb3", "lb4", "lb5", "lb6"),
+                r"lb_ha_virtual_router_id 7 of the pair for 192\.0\.2\.10[12]"
+                r".*the pair for 192\.0\.2\.10[12] has it too",
+            ),
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "lb_hosts", "api_hosts", "extra_vars", "patterns"), BATCHES, ids=[c[0] for c in BATCHES]
+)
+def test_variants_of_one_check_fail_in_one_run_each_with_its_message(
+    tmp_path, expected, case, lb_hosts, api_hosts, extra_vars, patterns
+):
+    run = preflight(tmp_path, extra_vars, api_hosts, lb_hosts=lb_hosts)
+    assert_refused_per_host(run, patterns, f"batch: {case}", expected)
 
 
 def test_valid_input_passes_preflight(tmp_path):
@@ -342,31 +445,6 @@ HA_CASES = [
         r"lb_ha_vip 192\.0\.2\.100 is the address of a host of the inventory",
     ),
     (
-        "peer missing",
-        {},
-        {"lb1": {"lb_ha_vip": "192.0.2.100"}, "lb2": None},
-        r"lb_ha_vip 192\.0\.2\.100 is set on 1 host\(s\) of group 'loadbalancers' \(lb1\); "
-        r"a pair is exactly 2\. Its peer is missing",
-    ),
-    (
-        "three hosts on one address",
-        {},
-        {**PAIR, "lb3": {"lb_ha_vip": "192.0.2.100"}},
-        r"lb_ha_vip 192\.0\.2\.100 is set on 3 host\(s\).*more than 2 hosts per address is not supported",
-    ),
-    (
-        "router id shared by two pairs",
-        {"lb_ha_virtual_router_id": 7},
-        {**PAIR, "lb3": {"lb_ha_vip": "192.0.2.101"}, "lb4": {"lb_ha_vip": "192.0.2.101"}},
-        r"lb_ha_virtual_router_id 7 of the pair for 192\.0\.2\.10[01].*the pair for 192\.0\.2\.10[01] has it too",
-    ),
-    (
-        "router id out of range",
-        {"lb_ha_virtual_router_id": 256},
-        PAIR,
-        r"lb_ha_virtual_router_id 256 of the pair for 192\.0\.2\.100: it must be within 1-255",
-    ),
-    (
         "check fall zero",
         {"lb_ha_check_fall": 0},
         PAIR,
@@ -405,42 +483,38 @@ def demo2(tmp_path_factory):
     return {"wheel": build_demo2(tmp, "2.0.0", "wheel"), "git": build_demo2(tmp, "2.2.0", "git"), "root": tmp}
 
 
-SOURCE_CASES = [
-    (
-        "artifact missing",
-        lambda d: {"api_source": "/nonexistent/app-1.0-py3-none-any.whl", "api_module": DEMO2_MODULE},
-        r"api_source /nonexistent/app-1\.0-py3-none-any\.whl does not exist on the controller\. Nothing was changed\.",
-    ),
-    (
-        "unknown git ref",
-        lambda d: {"api_source": str(d["git"]), "api_source_ref": "v9.9.9", "api_module": DEMO2_MODULE},
-        r"api_source_ref v9\.9\.9 is no branch, tag or commit of .*demo2-git-2\.2\.0 \(branches: \w+; tags: v2\.2\.0\)",
-    ),
-    (
-        "wheel without the api_module object",
-        lambda d: {"api_source": str(d["wheel"]), "api_module": "lbapi_demo2.service:app", "api_version": "2.0.0"},
-        r"the wheel lbapi_demo2-2\.0\.0-py3-none-any\.whl: lbapi_demo2/service\.py defines no top-level `app`"
-        r" for api_module lbapi_demo2\.service:app",
-    ),
-    (
-        "wheel without the api_module module",
-        lambda d: {"api_source": str(d["wheel"]), "api_module": "lbapi_demo2.main:application", "api_version": "2.0.0"},
-        r"the wheel lbapi_demo2-2\.0\.0-py3-none-any\.whl has no module lbapi_demo2\.main",
-    ),
-    (
-        "api_version not the artifact's",
-        lambda d: {"api_source": str(d["wheel"]), "api_module": DEMO2_MODULE, "api_version": "1.0.0"},
-        r"api_version=1\.0\.0 is not the version of api_source .*lbapi_demo2-2\.0\.0-py3-none-any\.whl \(2\.0\.0\)",
-    ),
-]
+# Every way api_source can be wrong, in one run: each API host names its own
+# source (host vars), and the one check fails on all five, each with its
+# message.
+def source_hosts(d) -> dict:
+    return {
+        "api1": {"api_source": "/nonexistent/app-1.0-py3-none-any.whl", "api_module": DEMO2_MODULE},
+        "api2": {"api_source": str(d["git"]), "api_source_ref": "v9.9.9", "api_module": DEMO2_MODULE},
+        "api3": {"api_source": str(d["wheel"]), "api_module": "lbapi_demo2.service:app", "api_version": "2.0.0"},
+        "api4": {"api_source": str(d["wheel"]), "api_module": "lbapi_demo2.main:application", "api_version": "2.0.0"},
+        "api5": {"api_source": str(d["wheel"]), "api_module": DEMO2_MODULE, "api_version": "1.0.0"},
+    }
 
 
-@pytest.mark.parametrize(("case", "make_vars", "pattern"), SOURCE_CASES, ids=[c[0] for c in SOURCE_CASES])
-def test_bad_app_source_fails_in_preflight(tmp_path, expected, demo2, case, make_vars, pattern):
+SOURCE_PATTERNS = {
+    "api1": r"api_source /nonexistent/app-1\.0-py3-none-any\.whl does not exist on the controller\."
+    r" Nothing was changed\.",
+    "api2": r"api_source_ref v9\.9\.9 is no branch, tag or commit of .*demo2-git-2\.2\.0"
+    r" \(branches: \w+; tags: v2\.2\.0\)",
+    "api3": r"the wheel lbapi_demo2-2\.0\.0-py3-none-any\.whl: lbapi_demo2/service\.py defines no top-level `app`"
+    r" for api_module lbapi_demo2\.service:app",
+    "api4": r"the wheel lbapi_demo2-2\.0\.0-py3-none-any\.whl has no module lbapi_demo2\.main",
+    "api5": r"api_version=1\.0\.0 is not the version of api_source .*lbapi_demo2-2\.0\.0-py3-none-any\.whl \(2\.0\.0\)",
+}
+
+
+def test_bad_app_sources_fail_in_preflight_each_with_its_message(tmp_path, expected, demo2):
     # The artifacts are built in this session's temporary directory.
     root = str(demo2["root"])
-    run = preflight(tmp_path, make_vars(demo2))
-    assert_refused(run, pattern, f"source: {case}", expected, normalize=lambda msg: msg.replace(root, "<tmp>"))
+    run = preflight(tmp_path, {}, api_hosts=source_hosts(demo2))
+    assert_refused_per_host(
+        run, SOURCE_PATTERNS, "source: every way", expected, normalize=lambda msg: msg.replace(root, "<tmp>")
+    )
 
 
 def test_artifact_sources_pass_preflight(tmp_path, demo2):
