@@ -366,11 +366,17 @@ class Http2Load:
     def __enter__(self) -> Http2Load:
         d = self._dir
         urls = " ".join([f"-o /dev/null {shlex.quote(self.url)}"] * self.batch)
+        # A curl that stops before the end of its batch (killed, crashed)
+        # leaves its unsent requests unanswered: each counts as a failure
+        # ("none 000"), not as nothing.
         script = (
-            f"end=$(( $(date +%s) + {self.max_seconds} )); date +%s.%N >{d}/first;"
+            f"end=$(( $(date +%s) + {self.max_seconds} )); date +%s.%N >{d}/first; touch {d}/out;"
             f" while [ ! -e {d}/stop ] && [ $(date +%s) -lt $end ]; do"
+            f" before=$(wc -l <{d}/out);"
             f" curl -s --http2 --max-time 10 --cacert {shlex.quote(self.cacert)}"
             f" -w '%{{http_version}} %{{http_code}}\\n' {urls} >>{d}/out 2>/dev/null;"
+            f" missing=$(( {self.batch} - $(wc -l <{d}/out) + before ));"
+            f" while [ $missing -gt 0 ]; do echo 'none 000' >>{d}/out; missing=$((missing - 1)); done;"
             f" done; date +%s.%N >{d}/last"
         )
         self.host.run_expect([0], f"rm -rf {d} && mkdir -p {d}")

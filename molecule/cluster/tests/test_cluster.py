@@ -107,11 +107,13 @@ def test_ruleset_comes_back_from_its_saved_file(hosts):
     assert "Ansible managed" in api1.file("/etc/nftables.conf").content_string
     # Stopping the service removes only this table: Docker's NAT table stays.
     api1.run_expect([0], "systemctl stop nftables")
-    assert api1.run("nft list table inet firewall").rc != 0
-    assert api1.run("nft list table ip nat").rc == 0
-    # What boot does: the enabled service loads the saved file.
-    assert api1.service("nftables").is_enabled
-    api1.run_expect([0], "systemctl start nftables")
+    try:
+        assert api1.run("nft list table inet firewall").rc != 0
+        assert api1.run("nft list table ip nat").rc == 0
+        # What boot does: the enabled service loads the saved file.
+        assert api1.service("nftables").is_enabled
+    finally:
+        api1.run_expect([0], "systemctl start nftables")
     assert api1.check_output("nft list table inet firewall") == before
     assert scan(hosts["outsider"], "api1", "8001")[8001] == "filtered"
 

@@ -1,7 +1,8 @@
 """What an operator sees, in the separate tiers (issue 14).
 
 - playbooks/status.yml: healthy and read-only (--check, changed=0); a drained
-  instance shown as drained with exit 0; a stopped unit named, exit non-zero;
+  instance shown as drained with exit 0; a stopped unit named, exit 2, in
+  the table and as JSON (status_format=json);
 - the JSON access log: the client's X-Request-ID is the API's and the log's,
   upstream_addr names an instance, a request retried after a stopped unit
   logs both attempts, logrotate while a keep-alive load runs loses nothing,
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -30,6 +32,8 @@ from lbtest import (
     STATUS,
     Load,
     playbook,
+    playbook_command,
+    playbook_env,
     recap,
     requests_from,
     said,
@@ -60,6 +64,32 @@ def status_run(tmp_path: Path, *args: str):
     report = tmp_path / "status.json"
     run = playbook(*args, "-e", f"status_file={report}", path=STATUS, timeout=300)
     return run, (json.loads(report.read_text()) if report.exists() else None)
+
+
+def status_json_printed(tmp_path: Path) -> tuple[int, dict, dict]:
+    """(exit code, the report printed with status_format=json, the report
+    file) of one status run, read through Ansible's json callback: the
+    message of the task that shows the state is the JSON document."""
+    report = tmp_path / "printed.json"
+    command = [*playbook_command(path=STATUS), "-e", f"status_file={report}", "-e", "status_format=json"]
+    run = subprocess.run(
+        command,
+        env=playbook_env(ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    data = json.loads(run.stdout[run.stdout.index("{") :])
+    shown = [
+        result["msg"]
+        for play in data["plays"]
+        for task in play["tasks"]
+        if task["task"]["name"] == "Show the state of every load balancer and API instance"
+        for result in task["hosts"].values()
+    ]
+    assert len(shown) == 1, run.stdout[-3000:]
+    return run.returncode, json.loads(shown[0]), json.loads(report.read_text())
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -110,6 +140,40 @@ def test_status_shows_a_drained_instance_as_drained(hosts, tmp_path):
         assert undrain.returncode == 0, tail(undrain)
 
 
+def test_status_names_an_expiring_certificate_a_unit_not_enabled_and_a_host_that_does_not_answer(hosts, tmp_path):
+    """Three problems at once, each from the real system: lb1's certificate is
+    closer to its expiry than status_cert_min_days (4000 days), a unit of
+    api1 is disabled, and api2 refuses SSH (sshd stopped through Docker; a
+    fresh control path, so no open master connection answers for it)."""
+    unit = f"{API_NAME}@{PORTS[2]}.service"
+    hosts["api1"].run_expect([0], f"systemctl disable {unit}")
+    subprocess.run(["docker", "exec", "api2", "systemctl", "stop", "ssh.socket", "ssh"], check=False, timeout=60)
+    report_file = tmp_path / "status.json"
+    try:
+        run = subprocess.run(
+            [*playbook_command(path=STATUS), "-e", f"status_file={report_file}", "-e", "status_cert_min_days=4000"],
+            env=playbook_env(ANSIBLE_SSH_CONTROL_PATH_DIR=str(tmp_path / "cp")),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        subprocess.run(["docker", "exec", "api2", "systemctl", "start", "ssh"], check=True, timeout=60)
+        hosts["api1"].run_expect([0], f"systemctl enable {unit}")
+    assert run.returncode != 0, tail(run)
+    report = json.loads(report_file.read_text())
+    days = report["loadbalancers"][0]["cert_days_left"]
+    not_after = report["loadbalancers"][0]["cert_not_after"]
+    assert sorted(report["problems"]) == sorted(
+        [
+            f"lb1: the certificate expires in {days} days ({not_after})",
+            f"api1: {unit} is not enabled at boot (disabled)",
+            "api2: no status (the host did not answer or its status task failed)",
+        ]
+    ), report["problems"]
+
+
 def test_request_id_reaches_the_api_the_client_and_the_log(hosts):
     out = hosts["outsider"].check_output(f"curl -s -D - --cacert {CACERT} {LB_URL}")
     head, _sep, body = out.replace("\r", "").partition("\n\n")
@@ -151,11 +215,18 @@ def test_a_stopped_unit_shows_in_the_log_as_a_retry_and_fails_the_status(hosts, 
         assert len(retried[0]["upstream_response_time"].split(", ")) == 2
 
         run, report = status_run(tmp_path)
-        assert run.returncode != 0, tail(run)
+        # 2: a task failed (the last one, which says what is unhealthy).
+        assert run.returncode == 2, tail(run)
         assert f"api2: {unit} is inactive (dead)" in report["problems"]
         assert f"api2: {unit} is inactive" in said(run)
         assert f"{stopped} (api2:{PORTS[1]}) does not answer" in said(run)
         assert len(report["problems"]) == 2, report["problems"]
+        # With status_format=json the same report is printed as JSON, and the
+        # run exits 2 all the same.
+        code, printed, written = status_json_printed(tmp_path)
+        assert code == 2
+        assert printed == written
+        assert printed["problems"] == report["problems"]
     finally:
         api2.run_expect([0], f"systemctl start {unit}")
         # Started is not listening yet: wait (bounded) until it answers, so

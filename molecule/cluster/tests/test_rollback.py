@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lbtest import PROJECT, ansible_command, playbook, playbook_command, playbook_env, said, tail
+from lbtest import PROJECT, ansible_command, playbook, playbook_command, playbook_env, recap, said, tail
 
 HOST = "api1"
 CONTROLLER = "10.213.50.1/32"
@@ -106,8 +106,43 @@ def test_a_ruleset_that_cuts_the_controller_off_is_rolled_back():
                 check=False,
             )
             assert ping.returncode == 0, ping.stdout + ping.stderr
+            # The rollback is in the saved ruleset too: the host keeps it
+            # across a restart of nftables (what boot does).
+            restored = live_table()
+            saved = subprocess.run(
+                ["docker", "exec", HOST, "cat", "/etc/nftables.conf"], capture_output=True, text=True, check=True
+            ).stdout
+            assert "10.213.50.14" in saved, saved
+            subprocess.run(["docker", "exec", HOST, "systemctl", "restart", "nftables"], check=True, timeout=60)
+            assert live_table() == restored
     finally:
         # Back to the scenario's ruleset (SSH from the controller only).
         restore = playbook("--limit", HOST)
         assert restore.returncode == 0, tail(restore)
         assert "10.213.50.14" not in live_table(), said(restore)
+
+
+def test_a_rollback_timer_an_earlier_run_left_armed_is_disarmed_by_the_next_run():
+    """A run that lost the controller between arming the timer and confirming
+    leaves it armed: the next run, which reached the host through the ruleset
+    in place, disarms it (the timer would otherwise restore an old ruleset)."""
+    subprocess.run(
+        ["docker", "exec", HOST, "systemd-run", "--unit=firewall-rollback", "--on-active=600", "/bin/true"],
+        check=True,
+        timeout=60,
+    )
+    armed = subprocess.run(
+        ["docker", "exec", HOST, "systemctl", "is-active", "firewall-rollback.timer"], capture_output=True, text=True
+    )
+    assert armed.stdout.strip() == "active", armed
+    before = live_table()
+    run = playbook("--limit", HOST, "--tags", "firewall")
+    assert run.returncode == 0, tail(run)
+    assert "Disarm a rollback timer an earlier run left armed" in run.stdout, tail(run)
+    # That was the only change.
+    assert recap(run)[HOST]["changed"] == 1, tail(run)
+    after = subprocess.run(
+        ["docker", "exec", HOST, "systemctl", "is-active", "firewall-rollback.timer"], capture_output=True, text=True
+    )
+    assert after.stdout.strip() != "active", after
+    assert live_table() == before

@@ -144,6 +144,27 @@ def test_exporter_reports_nginx_up_and_counts_requests(host):
     assert third - second == 10 + per_scrape
 
 
+def test_exporter_reports_nginx_down_then_up_across_an_nginx_restart(host):
+    """nginx stopped: the exporter still answers, with nginx_up 0; nginx
+    started again: nginx_up 1 within 10 s, with no restart of the exporter."""
+
+    def nginx_up() -> str:
+        text = host.check_output("curl -sf http://127.0.0.1:9113/metrics")
+        return next(line.split(" ", 1)[1] for line in text.splitlines() if line.startswith("nginx_up "))
+
+    exporter = host.check_output("systemctl show -p MainPID --value prometheus-nginx-exporter")
+    host.run_expect([0], "systemctl stop nginx")
+    try:
+        assert nginx_up() == "0"
+    finally:
+        host.run_expect([0], "systemctl start nginx")
+    deadline = time.monotonic() + 10
+    while nginx_up() != "1" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert nginx_up() == "1"
+    assert host.check_output("systemctl show -p MainPID --value prometheus-nginx-exporter") == exporter
+
+
 def test_api_metrics_count_its_own_requests(host):
     def served(port: int) -> float:
         text = host.check_output(f"curl -sf http://127.0.0.1:{port}/metrics")

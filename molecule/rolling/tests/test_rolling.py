@@ -287,6 +287,22 @@ def test_a_drain_request_for_an_unknown_server_fails_and_changes_nothing(host):
     assert host.file(SITE_FILE).sha256sum == before
 
 
+def test_a_drain_of_every_primary_server_is_refused_and_changes_nothing(host):
+    before = host.file(SITE_FILE).sha256sum
+    every = [f"127.0.0.1:{port}" for port in PORTS]
+    run = playbook(extra_vars={"drain": every}, path=DRAIN)
+    assert run.returncode == 2, tail(run)
+    assert (
+        f"Draining {', '.join(every)} would leave upstream rag_photographie_backend on {host.backend.host} without"
+        " a primary server in rotation; nothing was changed. Drained already: none." in said(run)
+    ), tail(run)
+    assert all(counters["changed"] == 0 for counters in recap(run).values()), tail(run)
+    assert host.file(SITE_FILE).sha256sum == before
+    # Every instance still serves: one client, round robin exact.
+    result = requests_from(host, URL, 30)
+    assert result["instances"] == dict.fromkeys((f"rolling:{port}" for port in PORTS), 10), result
+
+
 def test_failed_rolling_update_stays_drained_and_a_rerun_resumes(host):
     at_version(host, "2.0.0")
     # A release whose app cannot start: the first instance never gets healthy.
