@@ -243,7 +243,9 @@ class Load:
         url: str,
         concurrency: int = 20,
         pause: float = 0.05,
-        max_seconds: float = 300,
+        # Long enough for a release on a busy machine (one took more than
+        # 300 s beside three other scenarios).
+        max_seconds: float = 900,
         max_requests: int = 1_000_000,
         cacert: str | None = None,
         timeout: float = 5.0,

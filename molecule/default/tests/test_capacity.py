@@ -24,8 +24,10 @@ ACTIVE = 200
 HOLD_SECONDS = 15
 ERROR_LOGS = ("/var/log/nginx/error.log", f"/var/log/nginx/{SITE}-error.log")
 # nginx closes a client connection idle this long on purpose; the client's
-# idle connections send a request at 60 % of it (a slow run on a busy
-# machine took 110 s from the first connection to the sweep).
+# idle connections send a request at 40 % of it, as a pool does before the
+# server would close them (a slow run on a busy machine took 110 s from the
+# first connection to the sweep; at 60 %, a run beside three others was late
+# for 643 of 10,000 connections, which nginx had rightly closed).
 KEEPALIVE_TIMEOUT = int(
     yaml.safe_load((PROJECT / "roles/nginx_lb/defaults/main.yml").read_text())[
         "nginx_lb_client_keepalive_timeout"
@@ -65,7 +67,7 @@ def test_ten_thousand_connections_held_with_no_error(host, tmp_path):
             f"--cacert={cacert}",
             f"--held-file={held_file}",
             "--max-seconds=240",
-            f"--idle-limit={KEEPALIVE_TIMEOUT * 0.6}",
+            f"--idle-limit={KEEPALIVE_TIMEOUT * 0.4}",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
