@@ -291,13 +291,19 @@ def test_failover_under_load(host, cacert, settled, cause):
     assert recovery.result["failed"] == 0, recovery.result
 
 
-def test_a_frozen_holder_loses_the_address_and_takes_it_back_when_it_resumes(host, cacert, settled):
+def configured_priority(name: str) -> int:
+    return int(get_host(name).check_output("awk '$1 == \"priority\" {print $2; exit}' /etc/keepalived/keepalived.conf"))
+
+
+def test_a_frozen_holder_loses_the_address_and_the_higher_priority_holds_it_after_it_resumes(host, cacert, settled):
     """The holder freezes (docker pause, as a stalled VM): no adverts, the
     peer takes the address after VRRP's master-down timer. Resumed, the
-    frozen host still believes it is MASTER, with the higher priority: its
-    first advert makes the peer yield, and the address moves back (twice in
-    all, which nopreempt cannot prevent: the host never became backup)."""
+    frozen host still believes it is MASTER (it never saw a failure, so
+    nopreempt does not apply): of the two masters, the higher priority keeps
+    the address. A frozen 254 takes it back (it moves twice); a frozen 253
+    gives it up (once). Either way it settles within an advert interval."""
     other = next(name for name in LBS if name != settled)
+    higher = max(LBS, key=configured_priority)
     with Holders() as sampled, Load(host, URL, concurrency=5, keepalive=True, cacert=cacert) as load:
         started = time.time()
         subprocess.run(["docker", "pause", settled], check=True, timeout=30)
@@ -307,28 +313,29 @@ def test_a_frozen_holder_loses_the_address_and_takes_it_back_when_it_resumes(hos
         finally:
             resumed = time.time()
             subprocess.run(["docker", "unpause", settled], check=True, timeout=30)
-        back = wait_for(lambda: holders() == [settled], 10, step=0.05)
-        time.sleep(1)
+        # Long enough for a second master-down timer: a move after this is not
+        # the resume's doing.
+        time.sleep(TAKEOVER + 1)
     took = sampled.first_held_by(other, started)
-    returned = sampled.first_held_by(settled, resumed)
-    doubles = sampled.doubles()
-    print(
-        json.dumps(
-            {
-                "seconds_to_move": round(took - started, 3) if took else None,
-                "seconds_back_after_resume": round(returned - resumed, 3) if returned else None,
-                "double_samples": len(doubles),
-                "load": {k: load.result[k] for k in ("requests", "failed", "errors")},
-            }
-        )
-    )
+    after = [(t, held) for t, held in sampled.samples if t >= resumed]
+    settled_at = next((t for t, held in after if all(h == (higher,) for _t, h in after if _t >= t)), None)
+    report = {
+        "frozen": settled,
+        "higher": higher,
+        "seconds_to_move": round(took - started, 3) if took else None,
+        "seconds_to_settle_after_resume": round(settled_at - resumed, 3) if settled_at else None,
+        "double_samples": len(sampled.doubles()),
+        "load": {k: load.result[k] for k in ("requests", "failed", "errors")},
+    }
+    print(json.dumps(report))
     assert moved, sampled.samples[-20:]
     assert took - started <= TAKEOVER + MARGIN, (took - started, sampled.samples)
-    assert back, sampled.samples[-20:]
-    assert returned - resumed <= 2 * SAMPLE + 1, (returned - resumed, sampled.samples)
-    # Each move may cut the kept-alive connections once (their TCP state is
-    # on the host that lost the address): at most one failure per
-    # connection per move.
+    # Resumed: the higher priority holds it and keeps it, within one advert
+    # interval (1 s) and 1 s more for a busy machine.
+    assert settled_at is not None, after[-20:]
+    assert settled_at - resumed <= 2.0, report
+    assert holders() == [higher]
+    # At most one failure per kept-alive connection per move of the address.
     assert load.result["failed"] <= 2 * load.concurrency, load.result
 
 
