@@ -147,7 +147,9 @@ def test_status_names_an_expiring_certificate_a_unit_not_enabled_and_a_host_that
     fresh control path, so no open master connection answers for it)."""
     unit = f"{API_NAME}@{PORTS[2]}.service"
     hosts["api1"].run_expect([0], f"systemctl disable {unit}")
-    subprocess.run(["docker", "exec", "api2", "systemctl", "stop", "ssh.socket", "ssh"], check=False, timeout=60)
+    # The socket first, where there is one (it would start sshd again).
+    subprocess.run(["docker", "exec", "api2", "systemctl", "stop", "ssh.socket"], check=False, timeout=60)
+    subprocess.run(["docker", "exec", "api2", "systemctl", "stop", "ssh.service"], check=True, timeout=60)
     report_file = tmp_path / "status.json"
     try:
         run = subprocess.run(
