@@ -4,6 +4,7 @@ fixture is in conftest.py)."""
 
 from __future__ import annotations
 
+import subprocess
 import xml.etree.ElementTree as ET
 
 LB_URL = "https://lb1/"
@@ -29,3 +30,9 @@ def link_local(host) -> str:
     """The IPv6 link-local address of the host's eth0 (IPv6 is on in its container)."""
     out = host.check_output("ip -6 -o addr show dev eth0 scope link")
     return out.split()[3].split("/")[0]
+
+
+def docker(*args: str, timeout: int = 120) -> str:
+    """`docker ARGS` on the controller (out of band: a restart, a link down, root
+    commands while SSH is cut); its stdout. Fails on a non-zero exit."""
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=True).stdout

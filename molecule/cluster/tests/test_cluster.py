@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from clustertest import CACERT, LB_URL, link_local, resolve, scan
+from clustertest import CACERT, LB_URL, docker, link_local, resolve, scan
 from lbtest import (
     API_NAME,
     PORTS,
@@ -33,11 +32,6 @@ from lbtest import (
 )
 
 API_HOSTS = ("api1", "api2")
-
-
-def docker_exec(container: str, command: str) -> None:
-    """Run a shell command as root in a test host through Docker, out of band."""
-    subprocess.run(["docker", "exec", container, "sh", "-c", command], timeout=60, check=True)
 
 
 def status_from(host, url: str) -> int:
@@ -265,14 +259,14 @@ def test_stopping_a_whole_api_host(hosts):
         # Few requests: those that hit api2 wait for the connect timeout.
         first = Load(hosts["outsider"], LB_URL, concurrency=10, cacert=CACERT, timeout=15, min_requests=20)
         with first:
-            docker_exec("api2", "ip link set eth0 down")
+            docker("exec", "api2", "sh", "-c", "ip link set eth0 down")
             time.sleep(window)
         with Load(hosts["outsider"], LB_URL, concurrency=10, cacert=CACERT, timeout=15) as later:
             time.sleep(10)
     finally:
-        docker_exec("api2", "ip link set eth0 up")
+        docker("exec", "api2", "sh", "-c", "ip link set eth0 up")
         if route:
-            docker_exec("api2", f"ip route replace {route}")
+            docker("exec", "api2", "sh", "-c", f"ip route replace {route}")
     print(f"api2 down, first {window} s:", json.dumps(first.result))
     print("api2 down, the next 10 s:", json.dumps(later.result))
     # The first window: requests on connections nginx had open to api2 when it

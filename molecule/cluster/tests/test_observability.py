@@ -23,7 +23,7 @@ import time
 import uuid
 from pathlib import Path
 
-from clustertest import CACERT, LB_URL, resolve, scan
+from clustertest import CACERT, LB_URL, docker, resolve, scan
 from lbtest import (
     API_NAME,
     DRAIN,
@@ -149,7 +149,7 @@ def test_status_names_an_expiring_certificate_a_unit_not_enabled_and_a_host_that
     hosts["api1"].run_expect([0], f"systemctl disable {unit}")
     # The socket first, where there is one (it would start sshd again).
     subprocess.run(["docker", "exec", "api2", "systemctl", "stop", "ssh.socket"], check=False, timeout=60)
-    subprocess.run(["docker", "exec", "api2", "systemctl", "stop", "ssh.service"], check=True, timeout=60)
+    docker("exec", "api2", "systemctl", "stop", "ssh.service")
     report_file = tmp_path / "status.json"
     try:
         run = subprocess.run(
@@ -161,7 +161,7 @@ def test_status_names_an_expiring_certificate_a_unit_not_enabled_and_a_host_that
             check=False,
         )
     finally:
-        subprocess.run(["docker", "exec", "api2", "systemctl", "start", "ssh"], check=True, timeout=60)
+        docker("exec", "api2", "systemctl", "start", "ssh")
         hosts["api1"].run_expect([0], f"systemctl enable {unit}")
     assert run.returncode != 0, tail(run)
     report = json.loads(report_file.read_text())

@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from clustertest import docker
 from lbtest import PROJECT, ansible_command, playbook, playbook_command, playbook_env, recap, said, tail
 
 HOST = "api1"
@@ -109,11 +110,9 @@ def test_a_ruleset_that_cuts_the_controller_off_is_rolled_back():
             # The rollback is in the saved ruleset too: the host keeps it
             # across a restart of nftables (what boot does).
             restored = live_table()
-            saved = subprocess.run(
-                ["docker", "exec", HOST, "cat", "/etc/nftables.conf"], capture_output=True, text=True, check=True
-            ).stdout
+            saved = docker("exec", HOST, "cat", "/etc/nftables.conf")
             assert "10.213.50.14" in saved, saved
-            subprocess.run(["docker", "exec", HOST, "systemctl", "restart", "nftables"], check=True, timeout=60)
+            docker("exec", HOST, "systemctl", "restart", "nftables")
             assert live_table() == restored
     finally:
         # Back to the scenario's ruleset (SSH from the controller only).
@@ -137,11 +136,7 @@ def test_a_rollback_timer_an_earlier_run_left_armed_is_disarmed_by_the_next_run(
     """A run that lost the controller between arming the timer and confirming
     leaves it armed: the next run, which reached the host through the ruleset
     in place, disarms it (the timer would otherwise restore an old ruleset)."""
-    subprocess.run(
-        ["docker", "exec", HOST, "systemd-run", "--unit=firewall-rollback", "--on-active=600", "/bin/true"],
-        check=True,
-        timeout=60,
-    )
+    docker("exec", HOST, "systemd-run", "--unit=firewall-rollback", "--on-active=600", "/bin/true")
     assert timer_state() == "active"
     before = live_table()
     run = playbook("--limit", HOST, "--tags", "firewall")

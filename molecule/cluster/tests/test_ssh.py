@@ -14,15 +14,11 @@ import subprocess
 import time
 
 import pytest
-from clustertest import CACERT, LB_URL
+from clustertest import CACERT, LB_URL, docker
 from lbtest import API_NAME, PORTS, ansible_command, playbook, playbook_env, recap, requests_from, said, tail
 
 API_HOSTS = {"api1": "10.213.50.12", "api2": "10.213.50.13"}
 TIERS = {"lb1": "10.213.50.11", **API_HOSTS}
-
-
-def docker(*args: str, timeout: int = 120) -> str:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=True).stdout
 
 
 def ssh_port_open(address: str) -> bool:
