@@ -5,7 +5,12 @@ A capacity probe, not a throughput benchmark. In one bounded run:
   1. open: ``--connections`` HTTP/1.1 keep-alive connections (TLS when the
      URL is https), ``--open-concurrency`` at a time; each sends one GET and
      reads its answer, so every connection is a real kept-alive client
-     connection, idle in nginx's keepalive state;
+     connection, idle in nginx's keepalive state. An open that times out
+     (connect, handshake or first answer) is tried again, up to
+     ``--open-attempts`` in all, and counted in ``open_retried``: on a busy
+     machine this client's own event loop, doing thousands of TLS handshakes,
+     is the slow side. A reset, an end of stream or a refusal is an error at
+     once: that is the server's answer;
   2. hold: ``--active`` of them send request after request (GET and POST in
      turn) for ``--seconds``, while the others stay idle. A connection the
      server ends cleanly (``Connection: close``, after keepalive_requests) is
@@ -20,14 +25,16 @@ the server's keep-alive timeout, which would close them on purpose.
 While holding, it prints ``{"event": "held", ...}`` on a line of its own,
 so a caller can read the server's state with every connection open (or,
 with ``--held-file``, it writes that line to a file). At the end it prints
-one JSON object: connections opened, requests, statuses, error kinds per
-phase, and how long each phase took.
+one JSON object: connections opened, requests (and those sent but not
+answered), statuses, error kinds per phase, opens tried again, and how long
+each phase took.
 
 Every step has a timeout and the whole run a deadline (``--max-seconds``):
 it stops by itself. Only point it at loopback or at the project's own test
 hosts.
 
 usage: lb_capacity.py URL [--connections N] [--active N] [--seconds S]
+                          [--open-concurrency N] [--open-attempts N] [--step-timeout S]
                           [--cacert FILE] [--servername NAME] [--resolve ADDRESS]
 """
 
@@ -45,7 +52,6 @@ from collections import Counter
 from urllib.parse import urlsplit
 
 BODY = b'{"probe": true}'
-STEP_TIMEOUT = 15.0
 PHASES = ("open", "refresh", "hold", "sweep")
 
 
@@ -79,6 +85,9 @@ class Client:
         self.errors: dict[str, Counter] = {phase: Counter() for phase in PHASES}
         self.requests = dict.fromkeys(PHASES, 0)
         self.reopened = 0
+        self.open_retried: Counter = Counter()
+        self.unanswered: Counter = Counter()
+        self.timeout = args.step_timeout
 
     async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await asyncio.wait_for(
@@ -89,21 +98,32 @@ class Client:
                 server_hostname=self.servername if self.tls else None,
                 limit=1 << 16,
             ),
-            STEP_TIMEOUT,
+            self.timeout,
         )
 
     async def request(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], method: str, phase: str) -> None:
-        """One request on the connection; raises Closed when the server ends it cleanly."""
+        """One request on the connection; raises Closed when the server ends it cleanly.
+        A request sent and not answered (any other exception) is counted in ``unanswered``."""
+        self.requests[phase] += 1
+        try:
+            status, fields = await self.exchange(conn, method)
+        except BaseException:
+            self.unanswered[phase] += 1
+            raise
+        self.statuses[status] += 1
+        if fields.get("connection", "").lower() == "close":
+            raise Closed
+
+    async def exchange(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], method: str) -> tuple[int, dict]:
         reader, writer = conn
         body = BODY if method == "POST" else b""
         head = (
             f"{method} {self.path} HTTP/1.1\r\nHost: {self.authority}\r\nUser-Agent: lb_capacity\r\n"
             f"Content-Length: {len(body)}\r\nContent-Type: application/json\r\n\r\n"
         )
-        self.requests[phase] += 1
         writer.write(head.encode() + body)
-        await asyncio.wait_for(writer.drain(), STEP_TIMEOUT)
-        header = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), STEP_TIMEOUT)
+        await asyncio.wait_for(writer.drain(), self.timeout)
+        header = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.timeout)
         lines = header.decode("latin-1").split("\r\n")
         status = int(lines[0].split()[1])
         fields = {}
@@ -111,16 +131,14 @@ class Client:
             name, _colon, value = line.partition(":")
             fields[name.strip().lower()] = value.strip()
         if "content-length" in fields:
-            await asyncio.wait_for(reader.readexactly(int(fields["content-length"])), STEP_TIMEOUT)
+            await asyncio.wait_for(reader.readexactly(int(fields["content-length"])), self.timeout)
         elif fields.get("transfer-encoding", "").lower() == "chunked":
             while True:
-                size = int((await asyncio.wait_for(reader.readuntil(b"\r\n"), STEP_TIMEOUT)).split(b";")[0], 16)
-                await asyncio.wait_for(reader.readexactly(size + 2), STEP_TIMEOUT)
+                size = int((await asyncio.wait_for(reader.readuntil(b"\r\n"), self.timeout)).split(b";")[0], 16)
+                await asyncio.wait_for(reader.readexactly(size + 2), self.timeout)
                 if size == 0:
                     break
-        self.statuses[status] += 1
-        if fields.get("connection", "").lower() == "close":
-            raise Closed
+        return status, fields
 
 
 async def close(conn) -> None:
@@ -149,21 +167,23 @@ async def run(args: argparse.Namespace) -> dict:
 
     async def open_one() -> tuple | None:
         async with gate:
-            try:
-                conn = await client.connect()
-            except Exception as err:  # noqa: BLE001 - every failure is counted by kind
-                client.errors["open"][error_kind(err)] += 1
-                return None
-            try:
-                await client.request(conn, "GET", "open")
-                pool[conn] = time.monotonic()
-                return conn
-            except Closed:
-                await close(conn)
-                client.errors["open"]["closed"] += 1
-            except Exception as err:  # noqa: BLE001
-                client.errors["open"][error_kind(err)] += 1
-                await close(conn)
+            for attempt in range(1, args.open_attempts + 1):
+                conn = None
+                try:
+                    conn = await client.connect()
+                    await client.request(conn, "GET", "open")
+                    pool[conn] = time.monotonic()
+                    return conn
+                except Closed:
+                    kind = "closed"
+                except Exception as err:  # noqa: BLE001 - every failure is counted by kind
+                    kind = error_kind(err)
+                if conn is not None:
+                    await close(conn)
+                if kind != "timeout" or attempt == args.open_attempts:
+                    client.errors["open"][kind] += 1
+                    return None
+                client.open_retried[kind] += 1
             return None
 
     async def refresh(stop: asyncio.Event) -> None:
@@ -172,8 +192,10 @@ async def run(args: argparse.Namespace) -> dict:
         keepalive_timeout would close it (a slow run would otherwise outlast it)."""
 
         async def one(conn: tuple) -> None:
+            # Marked in use by the loop below, before waiting for the gate:
+            # the busy connections are chosen meanwhile, and one connection
+            # never carries two requests at once.
             async with gate:
-                in_use.add(id(conn))
                 try:
                     await client.request(conn, "GET", "refresh")
                     pool[conn] = time.monotonic()
@@ -186,6 +208,7 @@ async def run(args: argparse.Namespace) -> dict:
         while not stop.is_set():
             now = time.monotonic()
             due = [conn for conn, used in pool.items() if now - used > args.idle_limit and id(conn) not in in_use]
+            in_use.update(id(conn) for conn in due)
             await asyncio.gather(*(one(conn) for conn in due))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1)
@@ -258,6 +281,8 @@ async def run(args: argparse.Namespace) -> dict:
         "statuses": {str(code): n for code, n in sorted(client.statuses.items())},
         "errors": {phase: dict(kinds) for phase, kinds in client.errors.items()},
         "reopened": client.reopened,
+        "open_retried": dict(client.open_retried),
+        "unanswered": dict(client.unanswered),
         "seconds": {
             "open": round(opened_in, 2),
             "hold": round(hold_took, 2),
@@ -273,7 +298,19 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=10000)
     parser.add_argument("--active", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--open-concurrency", type=int, default=256)
+    parser.add_argument(
+        "--open-concurrency",
+        type=int,
+        default=64,
+        help="connections opening (or refreshing, or sweeping) at once",
+    )
+    parser.add_argument(
+        "--open-attempts",
+        type=int,
+        default=3,
+        help="tries for an open that times out (a reset or a close is not tried again)",
+    )
+    parser.add_argument("--step-timeout", type=float, default=15.0, help="seconds for each connect, read or write")
     parser.add_argument("--cacert")
     parser.add_argument("--servername", help="TLS server name (default: the URL's host)")
     parser.add_argument("--resolve", help="connect to this address instead of the URL's host")

@@ -1,0 +1,154 @@
+"""scripts/lb_capacity.py holds its connections, tries a timed-out open again
+and counts everything else as the server's error."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import threading
+from itertools import count
+
+from conftest import ROOT
+
+spec = importlib.util.spec_from_file_location("lb_capacity", ROOT / "scripts" / "lb_capacity.py")
+lb_capacity = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(lb_capacity)
+
+ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}"
+
+
+class Server:
+    """A loopback HTTP/1.1 server. The first ``silent`` connections are
+    accepted and never answered (a slow handshake, as seen from the client);
+    the first ``reset`` after them are closed at once; the rest answer every
+    request, ``delay`` seconds after it, and stay open."""
+
+    def __init__(self, silent: int = 0, reset: int = 0, delay: float = 0) -> None:
+        self.silent, self.reset, self.delay = silent, reset, delay
+        self.accepted = count()
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        index = next(self.accepted)
+        try:
+            if index < self.silent:
+                await reader.read()  # until the client gives up
+                return
+            if index < self.silent + self.reset:
+                return
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                fields = dict(line.split(b":", 1) for line in head.split(b"\r\n")[1:] if b":" in line)
+                length = int({name.strip().lower(): value for name, value in fields.items()}[b"content-length"])
+                await reader.readexactly(length)
+                await asyncio.sleep(self.delay)
+                writer.write(ANSWER)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        self.port = self.server.sockets[0].getsockname()[1]
+        self.ready.set()
+        self.loop.run_forever()
+
+    def __enter__(self) -> Server:
+        self.thread.start()
+        self.ready.wait(5)
+        return self
+
+    async def _shutdown(self) -> None:
+        self.server.close()
+        handlers = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+
+    def __exit__(self, *exc) -> None:
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+def run(port: int, **options) -> dict:
+    args = argparse.Namespace(
+        url=f"http://127.0.0.1:{port}/",
+        connections=20,
+        active=4,
+        seconds=0.5,
+        open_concurrency=8,
+        open_attempts=3,
+        step_timeout=0.5,
+        cacert=None,
+        servername=None,
+        resolve=None,
+        held_file=None,
+        max_seconds=30,
+        idle_limit=0,
+    )
+    for name, value in options.items():
+        setattr(args, name, value)
+    return asyncio.run(asyncio.wait_for(lb_capacity.run(args), args.max_seconds))
+
+
+def test_every_connection_held_and_answered():
+    with Server() as server:
+        result = run(server.port)
+    assert result["opened"] == 20
+    assert result["errors"] == {"open": {}, "refresh": {}, "hold": {}, "sweep": {}}
+    assert result["requests"]["open"] == 20
+    assert result["requests"]["sweep"] == 16
+    assert result["requests"]["hold"] >= 4
+    assert result["statuses"] == {"200": sum(result["requests"].values())}
+    assert result["open_retried"] == {}
+    assert result["unanswered"] == {}
+
+
+def test_a_timed_out_open_is_tried_again_and_counted():
+    with Server(silent=3) as server:
+        result = run(server.port)
+    assert result["opened"] == 20
+    assert result["errors"]["open"] == {}
+    assert result["open_retried"] == {"timeout": 3}
+    # The three unanswered first requests are counted as sent, not as answered.
+    assert result["unanswered"] == {"open": 3}
+    assert result["statuses"]["200"] == sum(result["requests"].values()) - 3
+
+
+def test_an_open_out_of_attempts_is_an_error():
+    with Server(silent=3) as server:
+        result = run(server.port, open_attempts=1)
+    assert result["opened"] == 17
+    assert result["errors"]["open"] == {"timeout": 3}
+    assert result["open_retried"] == {}
+
+
+def test_a_reset_is_not_tried_again():
+    with Server(reset=2) as server:
+        result = run(server.port)
+    assert result["opened"] == 18
+    assert sum(result["errors"]["open"].values()) == 2, result["errors"]
+    assert result["open_retried"] == {}
+
+
+def test_a_refreshed_connection_is_never_busy_at_the_same_time():
+    """The refresh of idle connections runs while the last ones open and the
+    busy ones are chosen: a connection waiting for its refresh is not also
+    given a busy client's requests (two requests at once on one connection
+    read each other's answers: an unparseable status, timeouts, resets)."""
+    with Server(delay=0.06) as server:
+        result = run(server.port, connections=60, active=20, open_concurrency=3, idle_limit=0.05, seconds=1)
+    assert result["errors"] == {"open": {}, "refresh": {}, "hold": {}, "sweep": {}}, result
+    assert result["requests"]["refresh"] > 0, result
+    assert result["statuses"] == {"200": sum(result["requests"].values())}, result
+    # The busy ones are chosen among those no refresh is waiting for.
+    assert 0 < result["active"] <= 20, result
+    assert result["requests"]["sweep"] == 60 - result["active"], result
