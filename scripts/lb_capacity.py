@@ -161,6 +161,11 @@ async def run(args: argparse.Namespace) -> dict:
     client = Client(args)
     started = time.monotonic()
     gate = asyncio.Semaphore(args.open_concurrency)
+    # The refresh has a gate of its own: behind the open phase's queue of
+    # thousands, a refresh would wait until every connection had opened, and
+    # on a busy machine (an open phase of 91 s against nginx's 75 s
+    # keepalive_timeout) the first ones would be closed by then.
+    refresh_gate = asyncio.Semaphore(args.open_concurrency)
     # Idle connections, with the time of their last answer, and the ones in use.
     pool: dict[tuple, float] = {}
     in_use: set[int] = set()
@@ -195,7 +200,7 @@ async def run(args: argparse.Namespace) -> dict:
             # Marked in use by the loop below, before waiting for the gate:
             # the busy connections are chosen meanwhile, and one connection
             # never carries two requests at once.
-            async with gate:
+            async with refresh_gate:
                 try:
                     await client.request(conn, "GET", "refresh")
                     pool[conn] = time.monotonic()
