@@ -35,6 +35,7 @@ hosts.
 
 usage: lb_capacity.py URL [--connections N] [--active N] [--seconds S]
                           [--open-concurrency N] [--open-attempts N] [--step-timeout S]
+                          [--processes N] [--held-file FILE] [--idle-limit S]
                           [--cacert FILE] [--servername NAME] [--resolve ADDRESS]
 """
 
@@ -44,6 +45,8 @@ import argparse
 import asyncio
 import contextlib
 import json
+import multiprocessing
+import queue
 import resource
 import ssl
 import sys
@@ -157,7 +160,18 @@ async def close(conn) -> None:
             raise
 
 
-async def run(args: argparse.Namespace) -> dict:
+def announce(held: dict, held_file: str | None) -> None:
+    """Say that every connection is open: a line on stdout, and the file."""
+    print(json.dumps(held), flush=True)
+    if held_file:
+        with open(held_file, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(held) + "\n")
+
+
+async def run(args: argparse.Namespace, sync=None) -> dict:
+    """One event loop's run. With ``sync`` (a coroutine function), it is one
+    process of several: once its connections are open it awaits
+    ``sync(held)``, refreshing them meanwhile, and holds when that returns."""
     client = Client(args)
     started = time.monotonic()
     gate = asyncio.Semaphore(args.open_concurrency)
@@ -210,23 +224,30 @@ async def run(args: argparse.Namespace) -> dict:
                     await close(conn)
                 in_use.discard(id(conn))
 
+        # Each second, the connections that came due join the queue: no
+        # waiting for the previous ones to finish first.
+        pending: set[asyncio.Task] = set()
         while not stop.is_set():
             now = time.monotonic()
             due = [conn for conn, used in pool.items() if now - used > args.idle_limit and id(conn) not in in_use]
             in_use.update(id(conn) for conn in due)
-            await asyncio.gather(*(one(conn) for conn in due))
+            for conn in due:
+                task = asyncio.create_task(one(conn))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1)
+        await asyncio.gather(*pending)
 
     stop_refresh = asyncio.Event()
     refresher = asyncio.create_task(refresh(stop_refresh)) if args.idle_limit > 0 else None
     conns = [conn for conn in await asyncio.gather(*(open_one() for _index in range(args.connections))) if conn]
     opened_in = time.monotonic() - started
     held = {"event": "held", "open": len(conns), "opened_in_s": round(opened_in, 2), "time": time.time()}
-    print(json.dumps(held), flush=True)
-    if args.held_file:
-        with open(args.held_file, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(held) + "\n")
+    if sync is None:
+        announce(held, args.held_file)
+    else:
+        await sync(held)
 
     # The busy connections: idle ones no refresh is using now.
     active = [conn for conn in conns if conn in pool and id(conn) not in in_use][: args.active]
@@ -297,6 +318,101 @@ async def run(args: argparse.Namespace) -> dict:
     }
 
 
+def shard(args: argparse.Namespace, index: int, processes: int) -> argparse.Namespace:
+    """The part of the run that process ``index`` of ``processes`` does."""
+    part = argparse.Namespace(**vars(args))
+    for name in ("connections", "active"):
+        total = getattr(args, name)
+        setattr(part, name, total // processes + (1 if index < total % processes else 0))
+    part.held_file = None
+    return part
+
+
+def merge(parts: list[dict], args: argparse.Namespace) -> dict:
+    """One result from the processes' results: counts summed, times the longest."""
+    merged: dict = {"url": args.url, "connections": args.connections, "processes": len(parts)}
+    for name in ("opened", "active", "idle", "reopened"):
+        merged[name] = sum(part[name] for part in parts)
+    for name in ("requests", "statuses", "open_retried", "unanswered"):
+        total: Counter = Counter()
+        for part in parts:
+            total.update(part[name])
+        merged[name] = dict(sorted(total.items()))
+    merged["requests"] = {phase: merged["requests"].get(phase, 0) for phase in PHASES}
+    merged["errors"] = {}
+    for phase in PHASES:
+        total = Counter()
+        for part in parts:
+            total.update(part["errors"][phase])
+        merged["errors"][phase] = dict(total)
+    merged["seconds"] = {phase: max(part["seconds"][phase] for part in parts) for phase in ("open", "hold", "sweep")}
+    hold = merged["seconds"]["hold"]
+    merged["hold_requests_per_s"] = round(merged["requests"]["hold"] / hold, 1) if hold else 0
+    return merged
+
+
+def child(args: argparse.Namespace, reports, go, results) -> None:
+    """One process of several: open its share, report, hold when told to."""
+
+    async def sync(held: dict) -> None:
+        reports.put(held)
+        while not go.is_set():
+            await asyncio.sleep(0.1)
+
+    try:
+        result = asyncio.run(asyncio.wait_for(run(args, sync), args.max_seconds))
+    except BaseException as err:  # noqa: BLE001 - the parent reports it
+        failure = {"failed": f"{type(err).__name__}: {err}"}
+        reports.put(failure)
+        results.put(failure)
+        return
+    results.put(result)
+
+
+def run_processes(args: argparse.Namespace) -> dict:
+    """The run spread over ``args.processes`` processes, each with its own
+    event loop (one loop can use one core only, and on a busy machine its
+    TLS handshakes are the slow side). Every process opens its share; once
+    all of them hold theirs, the held line is written and they all hold,
+    then sweep."""
+    context = multiprocessing.get_context("fork")
+    reports, results, go = context.Queue(), context.Queue(), context.Event()
+    workers = [
+        context.Process(target=child, args=(shard(args, index, args.processes), reports, go, results), daemon=True)
+        for index in range(args.processes)
+    ]
+    deadline = time.monotonic() + args.max_seconds + 10
+    for worker in workers:
+        worker.start()
+    try:
+        helds = [reports.get(timeout=max(1, deadline - time.monotonic())) for _worker in workers]
+        failed = [held["failed"] for held in helds if "failed" in held]
+        if failed:
+            sys.exit(f"lb_capacity: a process failed: {failed}")
+        announce(
+            {
+                "event": "held",
+                "open": sum(held["open"] for held in helds),
+                "opened_in_s": max(held["opened_in_s"] for held in helds),
+                "time": time.time(),
+            },
+            args.held_file,
+        )
+        go.set()
+        parts = [results.get(timeout=max(1, deadline - time.monotonic())) for _worker in workers]
+    except queue.Empty:
+        sys.exit(f"lb_capacity: the run did not end within --max-seconds={args.max_seconds}")
+    finally:
+        for worker in workers:
+            worker.join(5)
+            if worker.is_alive():
+                worker.kill()
+    failed = [part["failed"] for part in parts if "failed" in part]
+    if failed:
+        sys.exit(f"lb_capacity: a process failed: {failed}")
+    return merge(parts, args)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("url")
@@ -319,6 +435,12 @@ def main() -> None:
     parser.add_argument("--cacert")
     parser.add_argument("--servername", help="TLS server name (default: the URL's host)")
     parser.add_argument("--resolve", help="connect to this address instead of the URL's host")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="processes, each with its own event loop and share of the connections (--open-concurrency each)",
+    )
     parser.add_argument("--held-file")
     parser.add_argument("--max-seconds", type=float, default=300)
     parser.add_argument(
@@ -334,6 +456,9 @@ def main() -> None:
         if hard != resource.RLIM_INFINITY and hard < need:
             sys.exit(f"lb_capacity: {args.connections} connections need {need} open files; the hard limit is {hard}")
         resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    if args.processes > 1:
+        print(json.dumps(run_processes(args)))
+        return
     try:
         result = asyncio.run(asyncio.wait_for(run(args), args.max_seconds))
     except TimeoutError:

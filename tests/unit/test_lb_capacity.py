@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import json
 import threading
 from itertools import count
 
@@ -109,6 +110,7 @@ def run(port: int, **options) -> dict:
         servername=None,
         resolve=None,
         held_file=None,
+        processes=1,
         max_seconds=30,
         idle_limit=0,
     )
@@ -182,3 +184,46 @@ def test_idle_connections_are_refreshed_while_the_others_still_open():
     assert result["errors"] == {"open": {}, "refresh": {}, "hold": {}, "sweep": {}}, result
     assert result["requests"]["refresh"] > 0, result
     assert result["statuses"] == {"200": sum(result["requests"].values())}, result
+
+
+def test_processes_share_the_connections_and_hold_once_all_are_open(tmp_path):
+    """--processes: each process opens its share; the held file is written
+    once, when all of them hold theirs, and the result adds them up."""
+    held_file = tmp_path / "held.json"
+    with Server(delay=0.02) as server:
+        args = argparse.Namespace(
+            url=f"http://127.0.0.1:{server.port}/",
+            connections=41,
+            active=5,
+            seconds=0.5,
+            open_concurrency=4,
+            open_attempts=3,
+            step_timeout=2,
+            cacert=None,
+            servername=None,
+            resolve=None,
+            held_file=str(held_file),
+            processes=3,
+            max_seconds=30,
+            idle_limit=0.3,
+        )
+        result = lb_capacity.run_processes(args)
+        accepted = next(server.accepted)
+    held = json.loads(held_file.read_text())
+    assert held["open"] == 41
+    assert accepted == 41
+    assert result["processes"] == 3
+    assert result["opened"] == 41
+    assert result["active"] == 5
+    assert result["errors"] == {"open": {}, "refresh": {}, "hold": {}, "sweep": {}}, result
+    assert result["requests"]["open"] == 41
+    assert result["requests"]["sweep"] == 36
+    assert result["statuses"] == {"200": sum(result["requests"].values())}, result
+
+
+def test_shards_add_up_to_the_whole():
+    args = argparse.Namespace(connections=10_000, active=200, held_file="x")
+    parts = [lb_capacity.shard(args, index, 3) for index in range(3)]
+    assert [part.connections for part in parts] == [3334, 3333, 3333]
+    assert [part.active for part in parts] == [67, 67, 66]
+    assert {part.held_file for part in parts} == {None}
