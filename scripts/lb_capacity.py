@@ -314,7 +314,7 @@ async def run(args: argparse.Namespace, sync=None) -> dict:
             "hold": round(hold_took, 2),
             "sweep": round(time.monotonic() - sweep_started, 2),
         },
-        "hold_requests_per_s": round(client.requests["hold"] / hold_took, 1) if hold_took else 0,
+        "hold_requests_per_s": per_second(client.requests["hold"], hold_took),
     }
 
 
@@ -328,26 +328,29 @@ def shard(args: argparse.Namespace, index: int, processes: int) -> argparse.Name
     return part
 
 
+def per_second(count: int, seconds: float) -> float:
+    return round(count / seconds, 1) if seconds else 0
+
+
+def added(counts) -> dict:
+    """The sum of several {key: count} mappings."""
+    total: Counter = Counter()
+    for count in counts:
+        total.update(count)
+    return dict(sorted(total.items()))
+
+
 def merge(parts: list[dict], args: argparse.Namespace) -> dict:
     """One result from the processes' results: counts summed, times the longest."""
     merged: dict = {"url": args.url, "connections": args.connections, "processes": len(parts)}
     for name in ("opened", "active", "idle", "reopened"):
         merged[name] = sum(part[name] for part in parts)
     for name in ("requests", "statuses", "open_retried", "unanswered"):
-        total: Counter = Counter()
-        for part in parts:
-            total.update(part[name])
-        merged[name] = dict(sorted(total.items()))
+        merged[name] = added(part[name] for part in parts)
     merged["requests"] = {phase: merged["requests"].get(phase, 0) for phase in PHASES}
-    merged["errors"] = {}
-    for phase in PHASES:
-        total = Counter()
-        for part in parts:
-            total.update(part["errors"][phase])
-        merged["errors"][phase] = dict(total)
+    merged["errors"] = {phase: added(part["errors"][phase] for part in parts) for phase in PHASES}
     merged["seconds"] = {phase: max(part["seconds"][phase] for part in parts) for phase in ("open", "hold", "sweep")}
-    hold = merged["seconds"]["hold"]
-    merged["hold_requests_per_s"] = round(merged["requests"]["hold"] / hold, 1) if hold else 0
+    merged["hold_requests_per_s"] = per_second(merged["requests"]["hold"], merged["seconds"]["hold"])
     return merged
 
 
@@ -413,7 +416,7 @@ def run_processes(args: argparse.Namespace) -> dict:
     return merge(parts, args)
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("url")
     parser.add_argument("--connections", type=int, default=10000)
@@ -449,7 +452,11 @@ def main() -> None:
         default=0,
         help="an idle connection sends a request after this many seconds without one (0: never)",
     )
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = parser().parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = args.connections + 64
     if soft < need:

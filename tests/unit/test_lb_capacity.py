@@ -97,25 +97,27 @@ class Server:
         self.loop.close()
 
 
-def run(port: int, **options) -> dict:
-    args = argparse.Namespace(
-        url=f"http://127.0.0.1:{port}/",
-        connections=20,
-        active=4,
-        seconds=0.5,
-        open_concurrency=8,
-        open_attempts=3,
-        step_timeout=0.5,
-        cacert=None,
-        servername=None,
-        resolve=None,
-        held_file=None,
-        processes=1,
-        max_seconds=30,
-        idle_limit=0,
+def arguments(port: int, **options) -> argparse.Namespace:
+    """The script's own arguments for the loopback server, small and fast,
+    with ``options`` over them."""
+    args = lb_capacity.parser().parse_args(
+        [
+            f"http://127.0.0.1:{port}/",
+            "--connections=20",
+            "--active=4",
+            "--seconds=0.5",
+            "--open-concurrency=8",
+            "--step-timeout=0.5",
+            "--max-seconds=30",
+        ]
     )
     for name, value in options.items():
         setattr(args, name, value)
+    return args
+
+
+def run(port: int, **options) -> dict:
+    args = arguments(port, **options)
     return asyncio.run(asyncio.wait_for(lb_capacity.run(args), args.max_seconds))
 
 
@@ -191,20 +193,14 @@ def test_processes_share_the_connections_and_hold_once_all_are_open(tmp_path):
     once, when all of them hold theirs, and the result adds them up."""
     held_file = tmp_path / "held.json"
     with Server(delay=0.02) as server:
-        args = argparse.Namespace(
-            url=f"http://127.0.0.1:{server.port}/",
+        args = arguments(
+            server.port,
             connections=41,
             active=5,
-            seconds=0.5,
             open_concurrency=4,
-            open_attempts=3,
             step_timeout=2,
-            cacert=None,
-            servername=None,
-            resolve=None,
             held_file=str(held_file),
             processes=3,
-            max_seconds=30,
             idle_limit=0.3,
         )
         result = lb_capacity.run_processes(args)

@@ -103,11 +103,12 @@ def test_ten_thousand_connections_held_with_no_error(host, tmp_path):
         if client.poll() is None:
             client.kill()
     assert client.returncode == 0, err
+    logged = logged_since(host, sizes)
     result = {
         **json.loads(out.strip().splitlines()[-1]),
         "nginx_active_while_held": active_while_held,
         "nginx_worker_files_while_held": spread,
-        "error_log": logged_since(host, sizes)[-600:],
+        "error_log": logged[-600:],
     }
     print(json.dumps(result, sort_keys=True))
     # The client's own count first: a connection it could not open is not
@@ -128,7 +129,7 @@ def test_ten_thousand_connections_held_with_no_error(host, tmp_path):
     # each on average (a fresh-clone lane measured 1,923 in 18 s, with the
     # client starved to 105 requests/s; alone it sends about 1,000/s).
     assert result["requests"]["hold"] >= ACTIVE * 2, result
-    assert not EXHAUSTED.search(logged_since(host, sizes)), logged_since(host, sizes)[-2000:]
+    assert not EXHAUSTED.search(logged), logged[-2000:]
 
 
 def test_capacity_settings_reach_nginx(host):
