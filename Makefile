@@ -24,7 +24,7 @@ TEST_LANE_B ?= make:unit make:sanity compose:debian13 ha:debian13
 TEST_LANE_C ?= default:debian12 tls
 TEST_ALONE ?= rolling
 
-.PHONY: setup collection sanity lab lab-destroy test test-quick lint unit input input-quick molecule bench bench-converge clean
+.PHONY: setup collection sanity lab lab-destroy test test-quick lint unit input input-quick molecule bench bench-converge docs clean
 
 setup:
 	SETUP_DISTROS="$(sort debian12 debian13 $(LAB_DISTRO))" scripts/setup.sh
@@ -74,6 +74,15 @@ lint:
 	ansible-lint --profile production
 	ruff check .
 	ruff format --check .
+	antsibull-changelog lint
+
+# The generated docs: the role variable reference (docs/reference/, from the
+# argument specs, with antsibull-docs) and CHANGELOG.md (from
+# changelogs/changelog.yaml, with antsibull-changelog). make unit fails when
+# either is stale (tests/unit/test_docs.py).
+docs:
+	python scripts/reference.py
+	antsibull-changelog generate
 
 unit:
 	pytest -q -p no:cacheprovider tests/unit

@@ -7,7 +7,7 @@ variables (the shared .config/molecule/config.yml's, then the scenario's
 group and host vars) and its API hosts' instances, assembled as `nginx -T`
 prints a configuration, and analysed by gixy. No finding is allowed; an
 exception would be listed in ALLOWED with its reason. The Compose variant's
-nginx is not rendered here: its nginx.conf is the image's (README,
+nginx is not rendered here: its nginx.conf is the image's (docs/capacity.md,
 "Capacity").
 """
 

@@ -181,7 +181,7 @@ def converge_under_three_clients(hosts, event: str, extra_vars: dict | None):
     """Run the converge playbook under three HTTPS clients at once: one
     connection per request (0 failed), kept-alive connections never retried
     and curl over HTTP/2 (20 requests per connection), both held to the
-    reload's bound (README, "Scaling out and in"). Returns the run."""
+    reload's bound (docs/scaling.md). Returns the run."""
     outsider = hosts["outsider"]
     with (
         Load(outsider, LB_URL, concurrency=10, cacert=CACERT) as single,

@@ -4,7 +4,7 @@ The capacity client (scripts/lb_capacity.py) runs on the controller against
 the test host's address: 10,000 kept-alive HTTPS connections held through
 nginx at once, 200 of them sending GET and POST for 15 s while the rest stay
 idle, then every idle one sending one more request. With Debian's own
-nginx.conf (768 connections per worker) nginx closes most of them (README,
+nginx.conf (768 connections per worker) nginx closes most of them (docs/capacity.md,
 "Capacity").
 """
 

@@ -208,7 +208,7 @@ def test_reload_with_a_changed_upstream_under_load(host):
     assert count == 2
     assert "weight=3" not in host.file(SITE_FILE).content_string
     # One connection per request: nothing lost. Kept-alive connections: at
-    # most one request per connection per reload (README, "Scaling").
+    # most one request per connection per reload (docs/scaling.md).
     assert load.result["failed"] == 0, load.result
     assert_reload_losses_bounded(pooled.result, count)
 
