@@ -54,6 +54,11 @@ def preflight(
     lb_hosts: dict | None = None,
 ) -> subprocess.CompletedProcess:
     hosts = inventory(tmp_path, ["api1", "api2"] if api_hosts is None else api_hosts, compose_hosts, lb_hosts)
+    return run_preflight(hosts, extra_vars)
+
+
+def run_preflight(hosts: Path, extra_vars: dict) -> subprocess.CompletedProcess:
+    """playbooks/preflight.yml on the inventory `hosts` (a file or a directory), json callback."""
     env = {
         **os.environ,
         "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
