@@ -75,6 +75,7 @@ lint:
 	ruff check .
 	ruff format --check .
 	antsibull-changelog lint
+	cd collections/ansible_collections/lbapi/nginx_api && antsibull-docs lint-collection-docs --plugin-docs .
 
 # The generated docs: the role variable reference (docs/reference/, from the
 # argument specs, with antsibull-docs) and CHANGELOG.md (from

@@ -8,8 +8,9 @@ renders every role's meta/argument_specs.yml, each entry point with its
 options, types, choices and defaults. The repository is the collection
 lbapi.nginx_api through collections/ (ansible.cfg), so the specs are read
 from the clone. A role page that antsibull-docs finds malformed (a spec that
-breaks its schema, such as an entry point without a description) fails the
-run. The filters' pages are not kept: the reference is the roles'.
+breaks its schema, such as an entry point without a description), or a
+filter's documentation (plugins/filter/<name>.yml) it cannot read, fails the
+run. The filters' pages are not kept: `ansible-doc -t filter` shows them.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def render(into: Path) -> dict[str, str]:
         "--output-format",
         "simplified-rst",
         "--no-add-antsibull-docs-version",
+        "--fail-on-error",
         "--dest-dir",
         str(into),
         COLLECTION,
