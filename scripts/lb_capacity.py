@@ -90,7 +90,21 @@ class Client:
         self.reopened = 0
         self.open_retried: Counter = Counter()
         self.unanswered: Counter = Counter()
+        # Failures on connections the client itself left idle past the
+        # server's keepalive timeout (--server-idle-timeout): the server was
+        # right to close them, so they are not errors; they are counted apart.
+        self.expired: Counter = Counter()
+        self.server_idle_timeout = args.server_idle_timeout
         self.timeout = args.step_timeout
+
+    def failed(self, phase: str, err: BaseException, idle: float) -> None:
+        """Count a failed request of a kept connection idle ``idle`` seconds when it was sent."""
+        # A margin (1 s, less for a short timeout): the request still has to reach the server.
+        margin = min(1.0, self.server_idle_timeout / 10)
+        if self.server_idle_timeout and idle >= self.server_idle_timeout - margin:
+            self.expired[phase] += 1
+        else:
+            self.errors[phase]["closed" if isinstance(err, Closed) else error_kind(err)] += 1
 
     async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await asyncio.wait_for(
@@ -215,11 +229,12 @@ async def run(args: argparse.Namespace, sync=None) -> dict:
             # the busy connections are chosen meanwhile, and one connection
             # never carries two requests at once.
             async with refresh_gate:
+                idle = time.monotonic() - pool.get(conn, time.monotonic())
                 try:
                     await client.request(conn, "GET", "refresh")
                     pool[conn] = time.monotonic()
                 except Exception as err:  # noqa: BLE001 - Closed included: an error here
-                    client.errors["refresh"][error_kind(err)] += 1
+                    client.failed("refresh", err, idle)
                     pool.pop(conn, None)
                     await close(conn)
                 in_use.discard(id(conn))
@@ -287,12 +302,11 @@ async def run(args: argparse.Namespace, sync=None) -> dict:
 
     async def sweep(conn) -> None:
         async with gate:
+            idle = time.monotonic() - pool[conn]
             try:
                 await client.request(conn, "GET", "sweep")
-            except Closed:
-                client.errors["sweep"]["closed"] += 1
-            except Exception as err:  # noqa: BLE001
-                client.errors["sweep"][error_kind(err)] += 1
+            except Exception as err:  # noqa: BLE001 - Closed included: an error here
+                client.failed("sweep", err, idle)
             await close(conn)
 
     sweep_started = time.monotonic()
@@ -306,6 +320,7 @@ async def run(args: argparse.Namespace, sync=None) -> dict:
         "requests": client.requests,
         "statuses": {str(code): n for code, n in sorted(client.statuses.items())},
         "errors": {phase: dict(kinds) for phase, kinds in client.errors.items()},
+        "expired": dict(client.expired),
         "reopened": client.reopened,
         "open_retried": dict(client.open_retried),
         "unanswered": dict(client.unanswered),
@@ -345,7 +360,7 @@ def merge(parts: list[dict], args: argparse.Namespace) -> dict:
     merged: dict = {"url": args.url, "connections": args.connections, "processes": len(parts)}
     for name in ("opened", "active", "idle", "reopened"):
         merged[name] = sum(part[name] for part in parts)
-    for name in ("requests", "statuses", "open_retried", "unanswered"):
+    for name in ("requests", "statuses", "open_retried", "unanswered", "expired"):
         merged[name] = added(part[name] for part in parts)
     merged["requests"] = {phase: merged["requests"].get(phase, 0) for phase in PHASES}
     merged["errors"] = {phase: added(part["errors"][phase] for part in parts) for phase in PHASES}
@@ -446,6 +461,13 @@ def parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--held-file")
     parser.add_argument("--max-seconds", type=float, default=300)
+    parser.add_argument(
+        "--server-idle-timeout",
+        type=float,
+        default=0,
+        help="the server's keepalive timeout: a failed request on a connection the client left idle that long"
+        " (less 1 s) is counted in expired, not in errors (0: never)",
+    )
     parser.add_argument(
         "--idle-limit",
         type=float,

@@ -223,3 +223,22 @@ def test_shards_add_up_to_the_whole():
     assert [part.connections for part in parts] == [3334, 3333, 3333]
     assert [part.active for part in parts] == [67, 67, 66]
     assert {part.held_file for part in parts} == {None}
+
+
+def test_a_connection_the_client_left_idle_past_the_server_timeout_is_expired_not_an_error():
+    """A starved client that refreshes a connection after the server's
+    keep-alive timeout finds it closed: the server was right, so the failure
+    counts in expired, apart from the errors."""
+    with Server(idle_timeout=0.5) as server:
+        result = run(server.port, idle_limit=0.8, seconds=1.5, server_idle_timeout=0.5)
+    assert result["expired"].get("refresh", 0) > 0, result
+    assert result["errors"] == {"open": {}, "refresh": {}, "hold": {}, "sweep": {}}, result
+
+
+def test_a_server_that_closes_sooner_than_its_timeout_is_still_an_error():
+    # The same server, and a client told it keeps connections 5 s: every
+    # refresh it sends within that is an error, none is expired.
+    with Server(idle_timeout=0.5) as server:
+        result = run(server.port, idle_limit=0.8, seconds=1.5, server_idle_timeout=5)
+    assert result["expired"] == {}, result
+    assert result["errors"]["refresh"], result

@@ -9,6 +9,7 @@ scripts/lb_requests.py; the methods are applied with `--tags loadbalancers`
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import pytest
@@ -133,25 +134,26 @@ def test_least_conn_avoids_the_instance_held_by_a_slow_request(host):
     assert slow["instance"] not in result["instances"], (slow, result)
 
 
-def test_backup_idles_while_primaries_serve_and_takes_over_when_they_stop(host, stopped):
-    backup = {"port": 8003, "backup": True}
-    apply(host, api_instances=[{"port": 8001}, {"port": 8002}, backup])
+# One apply serves the two options: 8002 down, 8003 a backup.
+DOWN_AND_BACKUP = [{"port": 8001}, {"port": 8002, "down": True}, {"port": 8003, "backup": True}]
+
+
+def test_down_server_gets_nothing_and_the_backup_idles_while_a_primary_serves(host):
+    apply(host, api_instances=DOWN_AND_BACKUP)
     names = instance_names(host)
     result = requests_from(host, URL, 60, cacert=CERT)
     assert result["failed"] == 0, result
-    assert names[2] not in result["instances"], result
-    stopped(8001, 8002)
+    assert result["instances"] == {names[0]: 60}, result
+
+
+def test_backup_takes_over_when_the_primaries_stop(host, stopped):
+    apply(host, api_instances=DOWN_AND_BACKUP)
+    names = instance_names(host)
+    # 8002 is down: with 8001 stopped no primary is left, and the backup serves.
+    stopped(8001)
     result = requests_from(host, URL, 60, cacert=CERT)
     assert result["failed"] == 0, result
     assert result["instances"] == {names[2]: 60}, result
-
-
-def test_down_server_gets_nothing(host):
-    apply(host, api_instances=[{"port": 8001}, {"port": 8002, "down": True}, {"port": 8003}])
-    names = instance_names(host)
-    result = requests_from(host, URL, 60, cacert=CERT)
-    assert result["failed"] == 0, result
-    assert result["instances"] == {names[0]: 30, names[2]: 30}, result
 
 
 def test_failover_with_one_instance_stopped(host, stopped):
@@ -196,8 +198,13 @@ def test_bad_input_fails_before_any_host_changes(host):
     assert host.service(f"{API_NAME}@8003").is_running
 
 
+# One apply serves both limits: the rate test sends on one connection, and
+# the connection test's requests are few and slow.
+LIMITS = {"nginx_lb_rate_limit": "5r/s", "nginx_lb_rate_limit_burst": 5, "nginx_lb_conn_limit": 1}
+
+
 def test_rate_limit_answers_429(host):
-    apply(host, nginx_lb_rate_limit="5r/s", nginx_lb_rate_limit_burst=5)
+    apply(host, **LIMITS)
     # 40 requests as fast as one kept-alive connection sends them: the burst
     # (5) and the first request pass, then about 5 a second.
     # They must all be sent within 1 s (one connection, no pause: 0.04 s
@@ -217,9 +224,12 @@ def test_rate_limit_answers_429(host):
 
 
 def test_connection_limit_answers_429(host):
-    apply(host, nginx_lb_conn_limit=1)
+    apply(host, **LIMITS)
     # One connection per client address: a second one, while a slow request
-    # holds the first, is answered 429.
+    # holds the first, is answered 429. First the rate limit's bucket empties
+    # (5 a second): the second request's 429 can then only be the
+    # connection limit's.
+    time.sleep(2)
     marker = f"/tmp/lbtest-slow-{uuid.uuid4().hex[:8]}"
     host.run_expect([0], f"setsid nohup {CURL} -s -o {marker} '{URL}slow?seconds=3' </dev/null >/dev/null 2>&1 &")
     try:
