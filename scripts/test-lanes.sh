@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run test steps for `make test` and `make molecule`: the lanes at the same
 # time, each lane's steps one after another, then the steps that must run
-# alone (--alone; make test runs none now). A step is
+# alone (--alone; make test runs rolling so). A step is
 # make:TARGET (lint, unit, input), or a Molecule scenario NAME or NAME:DISTRO
 # (debian12 when not given), with its own ephemeral directory
 # (.cache/molecule/NAME-DISTRO), so one scenario can run on two distros at
