@@ -118,12 +118,15 @@ class Client:
             self.timeout,
         )
 
-    async def request(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], method: str, phase: str) -> None:
-        """One request on the connection; raises Closed when the server ends it cleanly.
-        A request sent and not answered (any other exception) is counted in ``unanswered``."""
+    async def request(
+        self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], method: str, phase: str, path: str | None = None
+    ) -> None:
+        """One request on the connection (to ``path``, default the URL's); raises Closed
+        when the server ends it cleanly. A request sent and not answered (any other
+        exception) is counted in ``unanswered``."""
         self.requests[phase] += 1
         try:
-            status, fields = await self.exchange(conn, method)
+            status, fields = await self.exchange(conn, method, path or self.path)
         except BaseException:
             self.unanswered[phase] += 1
             raise
@@ -131,11 +134,13 @@ class Client:
         if fields.get("connection", "").lower() == "close":
             raise Closed
 
-    async def exchange(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], method: str) -> tuple[int, dict]:
+    async def exchange(
+        self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], method: str, path: str
+    ) -> tuple[int, dict]:
         reader, writer = conn
         body = BODY if method == "POST" else b""
         head = (
-            f"{method} {self.path} HTTP/1.1\r\nHost: {self.authority}\r\nUser-Agent: lb_capacity\r\n"
+            f"{method} {path} HTTP/1.1\r\nHost: {self.authority}\r\nUser-Agent: lb_capacity\r\n"
             f"Content-Length: {len(body)}\r\nContent-Type: application/json\r\n\r\n"
         )
         writer.write(head.encode() + body)
@@ -231,7 +236,7 @@ async def run(args: argparse.Namespace, sync=None) -> dict:
             async with refresh_gate:
                 idle = time.monotonic() - pool.get(conn, time.monotonic())
                 try:
-                    await client.request(conn, "GET", "refresh")
+                    await client.request(conn, "GET", "refresh", args.refresh_path)
                     pool[conn] = time.monotonic()
                 except Exception as err:  # noqa: BLE001 - Closed included: an error here
                     client.failed("refresh", err, idle)
@@ -461,6 +466,11 @@ def parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--held-file")
     parser.add_argument("--max-seconds", type=float, default=300)
+    parser.add_argument(
+        "--refresh-path",
+        help="path of the refresh requests (default: the URL's); a path the server answers itself"
+        " (a blocked one, 404) keeps connections alive without loading the upstream",
+    )
     parser.add_argument(
         "--server-idle-timeout",
         type=float,
