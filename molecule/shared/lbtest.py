@@ -38,6 +38,8 @@ API_NAME: str = _defaults("api")["api_name"]
 PORTS: tuple[int, ...] = tuple(instance["port"] for instance in _defaults("api")["api_instances"])
 SITE: str = _defaults("nginx_lb")["nginx_lb_site_name"]
 SITE_FILE = f"/etc/nginx/sites-available/{SITE}"
+# A path nginx answers itself (404), never proxied to the API.
+BLOCKED_PATH: str = _defaults("nginx_lb")["nginx_lb_blocked_paths"][0]
 # The site's certificate on a load balancer (self-signed by default).
 CERT = f"/etc/nginx/tls/{SITE}/fullchain.pem"
 

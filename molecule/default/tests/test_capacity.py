@@ -17,7 +17,7 @@ import sys
 import time
 
 import yaml
-from lbtest import CERT, PROJECT, SITE, Load
+from lbtest import BLOCKED_PATH, CERT, PROJECT, SITE, Load
 
 CONNECTIONS = 10_000
 ACTIVE = 200
@@ -33,8 +33,6 @@ KEEPALIVE_TIMEOUT = int(
         "nginx_lb_client_keepalive_timeout"
     ].rstrip("s")
 )
-# A path nginx answers itself (404), never proxied to the API.
-BLOCKED = yaml.safe_load((PROJECT / "roles/nginx_lb/defaults/main.yml").read_text())["nginx_lb_blocked_paths"][0]
 # What nginx logs (at warn) when it runs out of connections or files.
 EXHAUSTED = re.compile(r"worker_connections are not enough|Too many open files|accept4?\(\) failed")
 
@@ -86,7 +84,7 @@ def test_ten_thousand_connections_held_with_no_error(host, tmp_path):
             # refreshes a run through to the API loaded the instances on the
             # same 2 cores, and a starved client then let 545 connections
             # pass nginx's timeout.
-            f"--refresh-path={BLOCKED}",
+            f"--refresh-path={BLOCKED_PATH}",
             # Beside two other lanes on 2 cores, one event loop doing 10,000
             # TLS handshakes is the slow side: its open phase took 91 and
             # 124 s, longer than nginx's keepalive_timeout, and its refresh
