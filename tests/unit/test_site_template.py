@@ -333,3 +333,18 @@ def test_keepalive_time_bounds_upstream_connections_where_nginx_has_it(render_si
     assert not any(
         line.startswith("keepalive_time ") for line in upstream_lines(render_site(one, _nginx_lb_version="1.18.0"))
     )
+
+
+def test_upstream_zone_grows_with_the_servers_unless_set(render_site):
+    """auto: 32k + 1k per server, at least 64k. nginx 1.26 held 63 servers and refused 66
+    in a 64k zone ("no memory in upstream zone") and needed 512k for 600."""
+
+    def zone(host_count: int, **overrides) -> str:
+        hosts = [api_host(f"api{n}", f"10.0.{n // 250}.{n % 250 + 1}", [8001, 8002, 8003]) for n in range(host_count)]
+        config = render_site(hosts, **overrides)
+        return re.search(r"^\s*zone \S+ (\S+);", config, re.MULTILINE).group(1)
+
+    assert zone(1) == "64k"
+    assert zone(24) == "104k"
+    assert zone(200) == "632k"
+    assert zone(200, nginx_lb_upstream_zone_size="2m") == "2m"
