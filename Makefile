@@ -25,7 +25,7 @@ TEST_LANE_B ?= make:unit make:sanity compose:debian13 ha:debian13
 TEST_LANE_C ?= default:debian12 tls
 TEST_ALONE ?= rolling
 
-.PHONY: setup collection sanity lab lab-destroy test test-quick lint unit input input-quick molecule bench bench-converge docs clean
+.PHONY: setup collection sanity lab lab-destroy test test-quick lint unit input input-quick molecule bench bench-converge bench-scale docs clean
 
 setup:
 	SETUP_DISTROS="$(sort debian12 debian13 $(LAB_DISTRO))" scripts/setup.sh
@@ -55,6 +55,17 @@ bench: setup
 # SSH as a sudo user (scripts/bench-converge.sh).
 bench-converge: setup
 	scripts/bench-converge.sh
+
+# The cost curve of a run: a load balancer pair in front of 2, 8 and 24 API
+# hosts (fresh systemd containers each time, over docker exec), timing a first
+# converge, a no-op, a run that adds one instance and --check --diff, with the
+# seconds each added host costs; then 200 API hosts x 3 instances behind 4
+# pairs on paper: validated and rendered on the controller, the site checked by
+# nginx -t and reloaded under load on one of the bench's load balancers
+# (scripts/bench_scale.py, scripts/scale_paper.py). It removes its containers.
+BENCH_SCALE_SIZES ?= 2,8,24
+bench-scale: setup
+	python scripts/bench_scale.py --sizes $(BENCH_SCALE_SIZES) --paper
 
 lab-destroy:
 	ansible-playbook $(LAB_INVENTORY) lab/destroy.yml
