@@ -63,9 +63,12 @@ bench-converge: setup
 # pairs on paper: validated and rendered on the controller, the site checked by
 # nginx -t and reloaded under load on one of the bench's load balancers
 # (scripts/bench_scale.py, scripts/scale_paper.py). It removes its containers.
+# (e.g. make bench-scale BENCH_SCALE_SIZES=2 BENCH_SCALE_PAPER_HOSTS=10: a
+# quick pass through every step.)
 BENCH_SCALE_SIZES ?= 2,8,24
+BENCH_SCALE_PAPER_HOSTS ?= 200
 bench-scale: setup
-	python scripts/bench_scale.py --sizes $(BENCH_SCALE_SIZES) --paper
+	python scripts/bench_scale.py --sizes $(BENCH_SCALE_SIZES) --paper --paper-api-hosts $(BENCH_SCALE_PAPER_HOSTS)
 
 lab-destroy:
 	ansible-playbook $(LAB_INVENTORY) lab/destroy.yml

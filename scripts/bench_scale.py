@@ -20,7 +20,7 @@ the last one up. The figures also go to .cache/bench-scale/report.json.
 With --paper, it then runs scripts/scale_paper.py on the last fleet (kept
 for it): 200 API hosts on paper.
 
-usage: bench_scale.py [--sizes 2,8,24] [--forks N] [--keep] [--paper]
+usage: bench_scale.py [--sizes 2,8,24] [--forks N] [--keep] [--paper [--paper-api-hosts 200]]
 """
 
 from __future__ import annotations
@@ -256,6 +256,7 @@ def main() -> None:
     parser.add_argument("--distro", default=os.environ.get("MOLECULE_DISTRO", "debian12"))
     parser.add_argument("--keep", action="store_true", help="leave the last fleet up")
     parser.add_argument("--paper", action="store_true", help="then render 200 API hosts on paper (keeps the fleet)")
+    parser.add_argument("--paper-api-hosts", type=int, default=200, help="API hosts of the paper fleet")
     options = parser.parse_args()
     sizes = sorted(int(size) for size in options.sizes.split(","))
     if not sizes or sizes[0] < 1:
@@ -270,7 +271,12 @@ def main() -> None:
     summary = report(results)
     if options.paper:
         paper = subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / "scale_paper.py"), "--fleet", str(WORK / f"n{sizes[-1]}")],
+            [
+                sys.executable,
+                str(ROOT / "scripts" / "scale_paper.py"),
+                f"--fleet={WORK / f'n{sizes[-1]}'}",
+                f"--api-hosts={options.paper_api_hosts}",
+            ],
             cwd=ROOT,
             check=False,
             capture_output=True,
