@@ -26,6 +26,7 @@ usage: bench_scale.py [--sizes 2,8,24] [--forks N] [--keep] [--paper [--paper-ap
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -44,8 +45,16 @@ NETWORK = "lbapi-bench-scale"
 IPAM = [{"subnet": "10.213.90.0/24", "iprange": "10.213.90.0/25", "gateway": "10.213.90.1"}]
 VIP = "10.213.90.200"
 LOADBALANCERS = ["bs-lb1", "bs-lb2"]
-PORTS = [8001, 8002, 8003]
-ADDED_PORT = 8004
+
+
+def role_default(role: str, name: str):
+    """A variable's default, from the role's defaults/main.yml."""
+    return yaml.safe_load((ROOT / "roles" / role / "defaults" / "main.yml").read_text())[name]
+
+
+# The api role's default instances (8001-8003), and one more.
+PORTS = [instance["port"] for instance in role_default("api", "api_instances")]
+ADDED_PORT = max(PORTS) + 1
 # The task lines of profile_tasks: "role : name ---- 1.23s".
 TASK_LINE = re.compile(r"^(?P<task>.+?) -{3,} (?P<seconds>[0-9.]+)s$")
 RECAP_LINE = re.compile(
@@ -221,7 +230,7 @@ def report(results: list[dict]) -> dict:
     slopes = {column: round(slope([(row["api_hosts"], row[column]) for row in results]), 2) for column in columns}
     print("\n  seconds per added API host (least squares): " + ", ".join(f"{c} {s}" for c, s in slopes.items()))
     segments = {}
-    for earlier, later in zip(results, results[1:], strict=False):
+    for earlier, later in itertools.pairwise(results):
         span = later["api_hosts"] - earlier["api_hosts"]
         key = f"{earlier['api_hosts']}->{later['api_hosts']}"
         segments[key] = {column: round((later[column] - earlier[column]) / span, 2) for column in columns}
@@ -285,7 +294,7 @@ def main() -> None:
         print(paper.stdout, end="")
         if paper.returncode != 0:
             sys.stderr.write(paper.stderr[-4000:])
-            sys.exit("bench-scale: the 200-host paper run failed")
+            sys.exit(f"bench-scale: the {options.paper_api_hosts}-host paper run failed")
         summary["paper"] = json.loads(paper.stdout[paper.stdout.rindex("\n{") :])
         if not options.keep:
             run(WORK / f"n{sizes[-1]}", "lab/destroy.yml", WORK / "destroy-paper.log", options.forks)

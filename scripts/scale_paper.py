@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shlex
 import subprocess
@@ -36,16 +35,16 @@ import time
 from pathlib import Path
 
 import yaml
+from bench_scale import LOADBALANCERS, PORTS, ROOT, role_default, run, tasks_of
 
-ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".cache" / "bench-scale" / "paper"
-PORTS = [8001, 8002, 8003]
-LB = "bs-lb1"
+FORKS = 10
+# The first load balancer of the bench's fleet.
+LB = LOADBALANCERS[0]
 SITE = "paper-scale"
 PAPER_PORT = 8080
-# The host's own site, as the nginx_lb role's defaults name it.
-CERT = "/etc/nginx/tls/rag-photographie/fullchain.pem"
-TASK_LINE = re.compile(r"^(?P<task>.+?) -{3,} (?P<seconds>[0-9.]+)s$")
+# The certificate of the load balancer's own site (self-signed by default).
+CERT = f"/etc/nginx/tls/{role_default('nginx_lb', 'nginx_lb_site_name')}/fullchain.pem"
 
 
 def api_address(index: int) -> str:
@@ -99,66 +98,28 @@ def write_inventory(api_count: int, pairs: int) -> Path:
 
 
 def render(inventory: Path) -> dict:
+    """Run lab/scale_paper.yml on the paper fleet; its figures, also kept in render.json."""
     out = WORK / "out"
     out.mkdir(exist_ok=True)
     for stale in out.iterdir():
         stale.unlink()
-    env = {
-        **os.environ,
-        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(WORK / "facts"),
-        "ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks",
-        "PROFILE_TASKS_TASK_OUTPUT_LIMIT": "all",
-        "PROFILE_TASKS_SORT_ORDER": "descending",
-    }
     log = WORK / "render.log"
-    started = time.monotonic()
-    with log.open("w") as handle:
-        done = subprocess.run(
-            [
-                str(Path(sys.executable).parent / "ansible-playbook"),
-                "-i",
-                str(inventory),
-                "lab/scale_paper.yml",
-                "-e",
-                json.dumps({"scale_paper_dir": str(out)}),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            check=False,
-            timeout=3600,
-        )
-    seconds = round(time.monotonic() - started, 1)
-    if done.returncode != 0:
-        sys.stderr.write(log.read_text()[-4000:])
-        sys.exit(f"scale-paper: lab/scale_paper.yml failed (rc {done.returncode}), log: {log}")
-    return summarize(seconds)
-
-
-def summarize(seconds: float) -> dict:
-    """What the last render run (render.log, out/) did, in figures."""
-    out = WORK / "out"
-    text = (WORK / "render.log").read_text()
-    tasks = {}
-    for line in text[text.rfind("TASKS RECAP") :].splitlines():
-        match = TASK_LINE.match(line.strip())
-        if match:
-            tasks[match["task"]] = tasks.get(match["task"], 0.0) + float(match["seconds"])
+    seconds = run(inventory, "lab/scale_paper.yml", log, FORKS, "-e", json.dumps({"scale_paper_dir": str(out)}))
+    tasks = tasks_of(log)
     site = (out / "site.conf").read_text()
-    return {
+    rendered = {
         "run_seconds": seconds,
         "site_render_seconds": tasks.get("nginx_lb : Template the site to " + str(out / "site.conf")),
         "ruleset_render_seconds": sum(
-            seconds for task, seconds in tasks.items() if task.startswith("firewall : Template the ruleset to")
+            spent for task, spent in tasks.items() if task.startswith("firewall : Template the ruleset to")
         ),
         "slowest_tasks": sorted(tasks.items(), key=lambda item: -item[1])[:8],
         "site_servers": len(re.findall(r"^\s*server \d", site, re.MULTILINE)),
         "site_bytes": len(site.encode()),
         "rulesets": {path.name: path.stat().st_size for path in out.glob("nftables-*.conf")},
     }
+    (WORK / "render.json").write_text(json.dumps(rendered) + "\n")
+    return rendered
 
 
 def on_lb(command: str, check: bool = True, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -236,7 +197,7 @@ def reload_and_wait() -> float:
     return round(end - start, 2)
 
 
-def on_a_real_lb(fleet: Path, rendered: dict) -> dict:
+def on_a_real_lb(fleet: Path) -> dict:
     site = WORK / "out" / "site.conf"
     if not fleet.is_dir():
         sys.exit(f"scale-paper: no bench fleet at {fleet}: run make bench-scale with --paper")
@@ -274,16 +235,14 @@ def main() -> None:
     parser.add_argument("--api-hosts", type=int, default=200)
     parser.add_argument("--pairs", type=int, default=4)
     parser.add_argument(
-        "--live-only", action="store_true", help="skip the render: use the last one's files and log (same sizes)"
+        "--live-only", action="store_true", help="skip the render: use the last one's files and render.json"
     )
     options = parser.parse_args()
     if options.live_only:
-        # The run's own elapsed time, from profile_tasks' last timestamp.
-        elapsed = re.findall(r"\) +(\d+):(\d+):([\d.]+) \*+", (WORK / "render.log").read_text())[-1]
-        rendered = summarize(round(int(elapsed[0]) * 3600 + int(elapsed[1]) * 60 + float(elapsed[2]), 1))
+        rendered = json.loads((WORK / "render.json").read_text())
     else:
         rendered = render(write_inventory(options.api_hosts, options.pairs))
-    live = on_a_real_lb(options.fleet, rendered)
+    live = on_a_real_lb(options.fleet)
     hosts = options.api_hosts + 2 * options.pairs
     print(f"\nscale-paper: {options.api_hosts} API hosts x {len(PORTS)} instances behind {options.pairs} pairs")
     print(f"  preflight + renders: {rendered['run_seconds']} s for {hosts} hosts")

@@ -3,22 +3,17 @@ generate, and how they read a run's log and compute the slope."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
+import sys
 
 import pytest
 import yaml
 from conftest import ROOT
 
-
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench_scale = load("bench_scale")
-scale_paper = load("scale_paper")
+# scale_paper imports bench_scale, as it does run from scripts/.
+sys.path.insert(0, str(ROOT / "scripts"))
+bench_scale = importlib.import_module("bench_scale")
+scale_paper = importlib.import_module("scale_paper")
 
 LOG = """\
 PLAY RECAP *********************************************************************
