@@ -231,7 +231,9 @@ class Load:
     scripts/lb_requests.py in the background on the host, keeps `concurrency`
     requests in flight until the block ends (bounded by `max_seconds` and
     `max_requests` anyway; each worker pauses `pause` s between requests so
-    the load does not starve the 2-core controller), then stops it and puts its JSON counts in
+    the load does not starve the 2-core controller: a load's own CPU grows
+    with the time its event takes, and a slower event then takes longer
+    still), then stops it and puts its JSON counts in
     `load.result`. `keepalive=True` reuses one connection per worker, like a
     connection pool, and never retries; `method="POST"` sends POSTs.
     On exit it asserts that the load spanned the event: its first request was
@@ -244,7 +246,9 @@ class Load:
         host,
         url: str,
         concurrency: int = 20,
-        pause: float = 0.05,
+        # 10 workers send about 90 requests/s: a drained restart or a reload
+        # (a window of 0.5-2 s) still meets dozens of them.
+        pause: float = 0.1,
         # Long enough for a release on a busy machine (one took more than
         # 300 s beside three other scenarios).
         max_seconds: float = 900,

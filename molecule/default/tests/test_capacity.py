@@ -182,8 +182,8 @@ def test_logs_rotate_by_size_under_load_with_no_request_lost(host):
     host.run_expect([0], f"truncate -s 101M {log}")
     url = "https://localhost/"
     with (
-        Load(host, url, concurrency=8, cacert=CERT, keepalive=True) as kept,
-        Load(host, url, concurrency=8, cacert=CERT, method="POST") as posts,
+        Load(host, url, concurrency=8, pause=0.05, cacert=CERT, keepalive=True) as kept,
+        Load(host, url, concurrency=8, pause=0.05, cacert=CERT, method="POST") as posts,
     ):
         host.run_expect([0], "systemctl start nginx-lb-logrotate.service")
         time.sleep(2)
