@@ -208,8 +208,21 @@ def test_tls_sessions_are_resumed(host):
     """TLS 1.2 and 1.3 clients resume their sessions from nginx's shared
     session cache (tickets are off): a resumed handshake skips the key
     exchange and the certificate."""
-    tls12 = host.run("openssl s_client -tls1_2 -connect localhost:443 -servername localhost -reconnect </dev/null")
-    assert tls12.stdout.count("Reused, TLSv1.2") == 5, tls12.stdout[-2000:]
+    # One full handshake, then five reconnects that each offer its session.
+    # A second client if the first was not resumed every time: once, in a
+    # fresh-clone run beside two other lanes, one reconnect of five was a
+    # full handshake after the capacity test (not seen again in 20 tries on
+    # that host, nothing in nginx's error logs); a cache that does not
+    # resume fails both.
+    sizes = log_sizes(host)
+    tries = []
+    for _attempt in range(2):
+        tls12 = host.run("openssl s_client -tls1_2 -connect localhost:443 -servername localhost -reconnect </dev/null")
+        tries.append(re.findall(r"^(New|Reused), (TLSv1\.\d)", tls12.stdout, re.MULTILINE))
+        if tries[-1] == [("New", "TLSv1.2")] + [("Reused", "TLSv1.2")] * 5:
+            break
+    print("TLS 1.2 handshakes:", tries)
+    assert tries[-1] == [("New", "TLSv1.2")] + [("Reused", "TLSv1.2")] * 5, (tries, logged_since(host, sizes))
     session = f"/tmp/lbtest-session-{time.time_ns()}.pem"
     # A TLS 1.3 session comes after the handshake: the first client stays 1 s.
     host.run(
