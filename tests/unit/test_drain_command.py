@@ -44,31 +44,33 @@ def drain(tmp_path: Path):
     return run
 
 
-def test_drained_returns_once_the_last_connection_ended(drain):
-    result, seconds, polls = drain("drained", "8001", "10", counts_seen=[3, 2, 1, 0])
-    assert (result.returncode, result.stdout) == (0, "0\n"), result.stderr
-    assert polls == 4
+# (action, seconds, the counts ss shows, the count printed, the polls):
+# each wait returns at the first poll that meets its condition ...
+MET = [
+    ("drained", "10", [3, 2, 1, 0], "0", 4),
+    ("rejoined", "5", [0, 0, 1], "1", 3),
+]
+# ... or after its seconds, one poll every 0.1 s, printing the last count.
+NOT_MET = [
+    ("drained", "1", [2], "2", 11),
+    ("rejoined", "1", [0], "0", 11),
+]
+
+
+@pytest.mark.parametrize(("action", "limit", "counts", "printed", "expected_polls"), MET)
+def test_a_wait_returns_once_its_condition_is_met(drain, action, limit, counts, printed, expected_polls):
+    result, seconds, polls = drain(action, "8001", limit, counts_seen=counts)
+    assert (result.returncode, result.stdout) == (0, f"{printed}\n"), result.stderr
+    assert polls == expected_polls
     assert seconds < 2
 
 
-def test_drained_gives_up_after_its_seconds_and_prints_what_is_left(drain):
-    result, seconds, polls = drain("drained", "8001", "1", counts_seen=[2])
-    assert (result.returncode, result.stdout) == (0, "2\n"), result.stderr
+@pytest.mark.parametrize(("action", "limit", "counts", "printed", "expected_polls"), NOT_MET)
+def test_a_wait_gives_up_after_its_seconds_and_prints_the_count(drain, action, limit, counts, printed, expected_polls):
+    result, seconds, polls = drain(action, "8001", limit, counts_seen=counts)
+    assert (result.returncode, result.stdout) == (0, f"{printed}\n"), result.stderr
     assert 0.9 < seconds < 5
-    assert polls == 11
-
-
-def test_rejoined_returns_at_the_first_connection(drain):
-    result, seconds, polls = drain("rejoined", "8001", "5", counts_seen=[0, 0, 1])
-    assert (result.returncode, result.stdout) == (0, "1\n"), result.stderr
-    assert polls == 3
-    assert seconds < 2
-
-
-def test_rejoined_without_traffic_ends_after_its_seconds(drain):
-    result, seconds, _polls = drain("rejoined", "8001", "1", counts_seen=[0])
-    assert (result.returncode, result.stdout) == (0, "0\n"), result.stderr
-    assert 0.9 < seconds < 5
+    assert polls == expected_polls
 
 
 def test_a_wait_without_its_seconds_is_a_usage_error(drain):

@@ -214,15 +214,16 @@ def test_tls_sessions_are_resumed(host):
     # full handshake after the capacity test (not seen again in 20 tries on
     # that host, nothing in nginx's error logs); a cache that does not
     # resume fails both.
+    resumed = [("New", "TLSv1.2")] + [("Reused", "TLSv1.2")] * 5
     sizes = log_sizes(host)
     tries = []
     for _attempt in range(2):
         tls12 = host.run("openssl s_client -tls1_2 -connect localhost:443 -servername localhost -reconnect </dev/null")
         tries.append(re.findall(r"^(New|Reused), (TLSv1\.\d)", tls12.stdout, re.MULTILINE))
-        if tries[-1] == [("New", "TLSv1.2")] + [("Reused", "TLSv1.2")] * 5:
+        if tries[-1] == resumed:
             break
     print("TLS 1.2 handshakes:", tries)
-    assert tries[-1] == [("New", "TLSv1.2")] + [("Reused", "TLSv1.2")] * 5, (tries, logged_since(host, sizes))
+    assert tries[-1] == resumed, (tries, logged_since(host, sizes))
     session = f"/tmp/lbtest-session-{time.time_ns()}.pem"
     # A TLS 1.3 session comes after the handshake: the first client stays 1 s.
     host.run(
