@@ -26,6 +26,8 @@ CONTROLLER = "10.213.50.1/32"
 NEW_EGRESS = "10.213.50.14/32"
 CONFIRM_TIMEOUT = 20
 POOL = PROJECT / "molecule" / "cluster" / "egress_pool.py"
+# Only the firewall changes here: its role (and the preflight, tagged always) on HOST.
+FIREWALL_ONLY = ("--limit", HOST, "--tags", "firewall")
 
 
 def live_table() -> str:
@@ -40,7 +42,7 @@ def live_table() -> str:
 
 def test_a_ruleset_that_cuts_the_controller_off_is_rolled_back():
     # Before: SSH open to both of the controller's egress addresses.
-    both = playbook("--limit", HOST, extra_vars={"firewall_ssh_sources": [CONTROLLER, NEW_EGRESS]})
+    both = playbook(*FIREWALL_ONLY, extra_vars={"firewall_ssh_sources": [CONTROLLER, NEW_EGRESS]})
     assert both.returncode == 0, tail(both)
     assert "10.213.50.14" in live_table()
     try:
@@ -49,8 +51,7 @@ def test_a_ruleset_that_cuts_the_controller_off_is_rolled_back():
             (Path(state) / "cp").mkdir()
             proxy = f"-o ProxyCommand='{sys.executable} {POOL} {state} %h %p'"
             command = playbook_command(
-                "--limit",
-                HOST,
+                *FIREWALL_ONLY,
                 "-e",
                 json.dumps(
                     {
@@ -116,7 +117,7 @@ def test_a_ruleset_that_cuts_the_controller_off_is_rolled_back():
             assert live_table() == restored
     finally:
         # Back to the scenario's ruleset (SSH from the controller only).
-        restore = playbook("--limit", HOST)
+        restore = playbook(*FIREWALL_ONLY)
         assert restore.returncode == 0, tail(restore)
         assert "10.213.50.14" not in live_table(), said(restore)
 
@@ -139,7 +140,7 @@ def test_a_rollback_timer_an_earlier_run_left_armed_is_disarmed_by_the_next_run(
     docker("exec", HOST, "systemd-run", "--unit=firewall-rollback", "--on-active=600", "/bin/true")
     assert timer_state() == "active"
     before = live_table()
-    run = playbook("--limit", HOST, "--tags", "firewall")
+    run = playbook(*FIREWALL_ONLY)
     assert run.returncode == 0, tail(run)
     assert "Disarm a rollback timer an earlier run left armed" in run.stdout, tail(run)
     # That was the only change.
