@@ -103,9 +103,11 @@ docs:
 unit:
 	pytest -q -p no:cacheprovider tests/unit
 
-# Bad-input table: each case runs the preflight plays against local hosts.
+# Bad-input table: the preflight plays against local hosts, ten cases per
+# run (tests/input/test_bad_input.py), beside the docs' inventory examples
+# (one file per worker: --dist loadfile).
 input:
-	pytest -q -p no:cacheprovider -n 2 tests/input
+	pytest -q -p no:cacheprovider -n 2 --dist loadfile tests/input
 
 # Every Molecule scenario, in the same lanes as `make test`.
 molecule:
@@ -118,10 +120,10 @@ test: setup collection
 # The edit loop (about 3 min): lint, unit tests and a handful of bad-input
 # cases in one lane; in the other, the seed topology on Debian 12: converge,
 # idempotence and its smoke tests (molecule/conftest.py's SMOKE).
-INPUT_QUICK := unknown or ports or lock or peer or valid_input_passes
+INPUT_QUICK := unknown or ports or lock or valid_input_passes
 
 input-quick:
-	pytest -q -p no:cacheprovider -n 2 tests/input -k "$(INPUT_QUICK)"
+	pytest -q -p no:cacheprovider tests/input/test_bad_input.py -k "$(INPUT_QUICK)"
 
 test-quick: setup collection
 	LBTEST_SMOKE=1 scripts/test-lanes.sh --lane "make:lint make:unit make:input-quick" --lane "default:debian12"

@@ -1,13 +1,25 @@
 """Bad input fails in the preflight plays, naming the variable.
 
-Each case runs `ansible-playbook playbooks/preflight.yml` against an inventory
-of local hosts (lb1; api1 and api2). The preflight plays only read facts and
-validate: they cannot change a host, so this table does not claim "nothing
-changed" (the default scenario's test_bad_input_fails_before_any_host_changes
-shows it with a site.yml run that would change its host). The run's JSON
-result (Ansible's json callback) says which task failed, with which message. Each case's exact task and message are in
-expected_failures.json (INPUT_UPDATE_EXPECTED=1 rewrites it from a run, to
-review in the diff); its pattern says what the message must name.
+The table runs `playbooks/preflight.yml` on local hosts: no host is
+contacted, and the preflight plays only read facts and validate (the default
+scenario's test_bad_input_fails_before_any_host_changes shows "nothing
+changed" with a site.yml run that would change its host). The run's JSON
+result (Ansible's json callback) says which task failed, with which message.
+Each case's exact task and messages are in expected_failures.json
+(INPUT_UPDATE_EXPECTED=1 rewrites it from a run, to review in the diff); its
+pattern says what the message must name.
+
+Every case is a cell of one inventory: its own load balancers and API
+hosts (nginx_lb_backend_group names the cell's group), or two shared valid
+API hosts when only the load balancers read its variables; its variables are
+host variables, and its pairs have addresses of their own. Ten cells are one
+run (CHUNK) of a copy of the preflight with `any_errors_fatal` off and a last
+play that marks the hosts that got through, its only changes: each cell goes
+on to its own first failure, the task where the real preflight stops the
+whole run. A case checks that task's failures on its cell's hosts, named as
+the case alone would name them; what the cell would fail next, the real run
+never reaches. test_the_real_preflight_stops_the_whole_run_at_the_first_failure
+runs the playbook itself.
 """
 
 from __future__ import annotations
@@ -17,48 +29,24 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+PREFLIGHT = ROOT / "playbooks" / "preflight.yml"
 
 LOCAL = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+# What every table host has besides its cell's variables.
+COMMON = {**LOCAL, "api_bind_address": "127.0.0.1"}
 
 
-def inventory(
-    tmp_path: Path, api_hosts: list[str] | dict, compose_hosts: list[str] = (), lb_hosts: dict | None = None
-) -> Path:
-    """Local hosts; api_hosts and lb_hosts as names, or as {name: host vars}."""
-    data = {
-        "all": {
-            "vars": {**LOCAL, "api_bind_address": "127.0.0.1"},
-            "children": {
-                "loadbalancers": {"hosts": lb_hosts or {"lb1": None}},
-                "api_servers": {"hosts": api_hosts if isinstance(api_hosts, dict) else dict.fromkeys(api_hosts)},
-                "compose_hosts": {"hosts": {name: None for name in compose_hosts}},
-            },
-        }
-    }
-    path = tmp_path / "hosts.yml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def preflight(
-    tmp_path: Path,
-    extra_vars: dict,
-    api_hosts: list[str] | dict | None = None,
-    compose_hosts: list[str] = (),
-    lb_hosts: dict | None = None,
+def run_preflight(
+    hosts: Path, extra_vars: dict, playbook: Path = PREFLIGHT, timeout: int = 120
 ) -> subprocess.CompletedProcess:
-    hosts = inventory(tmp_path, ["api1", "api2"] if api_hosts is None else api_hosts, compose_hosts, lb_hosts)
-    return run_preflight(hosts, extra_vars)
-
-
-def run_preflight(hosts: Path, extra_vars: dict) -> subprocess.CompletedProcess:
-    """playbooks/preflight.yml on the inventory `hosts` (a file or a directory), json callback."""
+    """`playbook` (the preflight) on the inventory `hosts` (a file or a directory), json callback."""
     env = {
         **os.environ,
         "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
@@ -73,7 +61,7 @@ def run_preflight(hosts: Path, extra_vars: dict) -> subprocess.CompletedProcess:
             str(Path(sys.executable).parent / "ansible-playbook"),
             "-i",
             str(hosts),
-            str(ROOT / "playbooks" / "preflight.yml"),
+            str(playbook),
             "-e",
             json.dumps(extra_vars),
         ],
@@ -81,13 +69,14 @@ def run_preflight(hosts: Path, extra_vars: dict) -> subprocess.CompletedProcess:
         text=True,
         env=env,
         cwd=ROOT,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
 
 
 def outcome(run: subprocess.CompletedProcess) -> tuple[list[dict], dict[str, dict]]:
-    """(the failed task results: [{host, task, msg}], each host's stats) of a json-callback run."""
+    """(the failed task results, in the order they ran: [{host, task, msg}],
+    each host's stats) of a json-callback run."""
     data = json.loads(run.stdout[run.stdout.index("{") :])
     failures = [
         {"host": host, "task": task["task"]["name"], "msg": " ".join(str(result.get("msg", "")).split())}
@@ -115,44 +104,230 @@ def expected():
         EXPECTED_FILE.write_text(json.dumps({**current, **seen}, indent=1, sort_keys=True) + "\n")
 
 
-def assert_refused(run: subprocess.CompletedProcess, pattern: str, case: str, expected: dict, normalize=None) -> None:
-    """The run failed in one task (on each host it failed on), with the case's
-    exact messages, the first matching its pattern."""
-    output = (run.stdout + run.stderr)[-3000:]
-    assert run.returncode != 0, output
-    failures, _stats = outcome(run)
-    assert failures, output
-    assert len({f["task"] for f in failures}) == 1, failures
+@dataclass
+class Cell:
+    """One case's hosts, each with its variables: its load balancers, its API
+    hosts (None: the table's shared valid ones) and its Compose hosts."""
+
+    lbs: dict[str, dict] = field(default_factory=dict)
+    apis: dict[str, dict] | None = None
+    composes: dict[str, dict] = field(default_factory=dict)
+
+
+def slug(case: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", case.split(": ", 1)[-1].lower()).strip("-")
+
+
+def names(case: str, hosts: dict) -> dict:
+    """The cell's host names in the table: the case's slug, then the host's own name."""
+    return {f"{slug(case)}-{name}": value for name, value in hosts.items()}
+
+
+SHARED_API = "table_valid_api"
+
+
+def group_of(case: str) -> str:
+    return f"{slug(case).replace('-', '_')}_api"
+
+
+def as_alone(case: str, text: str) -> str:
+    """A host name or message of the cell as the case alone would say it: its
+    hosts without the cell's prefix, its API group as api_servers."""
+    return text.replace(f"{slug(case)}-", "").replace(group_of(case), "api_servers")
+
+
+def table_inventory(cells: dict[str, Cell]) -> dict:
+    """One inventory of every cell: a load balancer's upstream is its own
+    cell's API hosts (nginx_lb_backend_group), or two shared valid ones; and
+    a valid load balancer of those."""
+    # Valid hosts in every run: a play whose every host failed ends the run.
+    lbs, apis, composes = {"sentinel-lb1": {"nginx_lb_backend_group": SHARED_API}}, {}, {}
+    groups: dict[str, dict] = {SHARED_API: {"hosts": {"shared-api1": None, "shared-api2": None}}}
+    apis.update({"shared-api1": {}, "shared-api2": {}})
+    for case, cell in cells.items():
+        group = SHARED_API
+        if cell.apis is not None:
+            group = group_of(case)
+            groups[group] = {"hosts": dict.fromkeys(names(case, cell.apis))}
+            apis.update(names(case, cell.apis))
+        lbs.update(
+            {name: {"nginx_lb_backend_group": group, **hostvars} for name, hostvars in names(case, cell.lbs).items()}
+        )
+        composes.update(names(case, cell.composes))
+    return {
+        "all": {
+            "vars": COMMON,
+            "children": {
+                "loadbalancers": {"hosts": lbs},
+                "api_servers": {"hosts": apis, "children": groups},
+                "compose_hosts": {"hosts": composes},
+            },
+        }
+    }
+
+
+THROUGH = "Mark the hosts that got through every check"
+
+
+def without_any_errors_fatal(path: Path) -> Path:
+    """A copy of the preflight with any_errors_fatal off, and a play that marks
+    the hosts that got through the tiers' checks (THROUGH), before the
+    Compose play: its only changes. (Ansible ends a run where a play's every
+    host failed: the Compose play, on this Debian 12 machine, is the last.)"""
+    plays = yaml.safe_load(PREFLIGHT.read_text())
+    for play in plays:
+        assert play.pop("any_errors_fatal") is True, play["name"]
+        play["any_errors_fatal"] = False
+    assert plays[-1]["hosts"] == "compose_hosts", plays[-1]["name"]
+    mark = {"name": THROUGH, "ansible.builtin.debug": {"msg": "through"}}
+    plays.insert(-1, {"name": THROUGH, "hosts": "loadbalancers:api_servers", "gather_facts": False, "tasks": [mark]})
+    path.write_text(yaml.safe_dump(plays, sort_keys=False))
+    return path
+
+
+class Table:
+    """The table's one run: each cell's failures and stats."""
+
+    def __init__(self, run: subprocess.CompletedProcess, cells: dict[str, Cell]):
+        self.run = run
+        self.failures, self.stats = outcome(run)
+        self.cells = cells
+        data = json.loads(run.stdout[run.stdout.index("{") :])
+        self.through = {
+            host
+            for play in data["plays"]
+            for task in play["tasks"]
+            if task["task"]["name"] == THROUGH
+            for host, result in task["hosts"].items()
+            if not result.get("failed")
+        }
+
+    def hosts(self, case: str) -> set[str]:
+        cell = self.cells[case]
+        return {*names(case, cell.lbs), *names(case, cell.apis or {}), *names(case, cell.composes)}
+
+    def first_failures(self, case: str) -> list[dict]:
+        """The failures of the first task the cell failed in (where the real
+        preflight stops), sorted by host, named as the case alone would name
+        them (as_alone)."""
+        mine = [failure for failure in self.failures if failure["host"] in self.hosts(case)]
+        first = [f for f in mine if mine and f["task"] == mine[0]["task"]]
+        alone = [{"host": as_alone(case, f["host"]), "task": f["task"], "msg": as_alone(case, f["msg"])} for f in first]
+        return sorted(alone, key=lambda f: f["host"])
+
+    def output(self) -> str:
+        return (self.run.stdout + self.run.stderr)[-3000:]
+
+
+# case id -> its cell, from what the session built (the demo2 artifacts, unit files).
+CELLS: dict[str, object] = {}
+
+
+def cell(case: str):
+    """Register a case's cell: a Cell, or a function of the session's context that returns one."""
+
+    def register(value):
+        assert case not in CELLS, case
+        CELLS[case] = value
+        return value
+
+    return register
+
+
+# Cells per run: the table's cells in groups of this many (make input
+# keeps this file on one pytest-xdist worker: --dist loadfile). A run's cost grows faster than its host
+# count (tasks that read every host's variables), and each run has a fixed
+# cost: ten is about the cheapest per case (measured: 12 cells in one run
+# cost 6 CPU-s each, the 43 together 11 each, one case alone 14).
+CHUNK = 10
+
+
+def params(*cases) -> list:
+    """pytest params of registered cases (a case id, or a tuple whose first
+    item is one), each with the case's id."""
+    found = []
+    for entry in cases:
+        values = entry if isinstance(entry, tuple) else (entry,)
+        found.append(pytest.param(*values, id=values[0].split(": ", 1)[-1]))
+    return found
+
+
+class Tables:
+    """The runs of the table: the selected cells (-k picks a few), CHUNK at a time, each run on first use."""
+
+    def __init__(self, request, tmp_path_factory):
+        self.request = request
+        self.tmp_path_factory = tmp_path_factory
+        selected = {
+            item.callspec.params["case"]
+            for item in request.session.items
+            if item.module is request.module and hasattr(item, "callspec") and "case" in item.callspec.params
+        }
+        self.selected = sorted(selected, key=list(CELLS).index)
+        self.runs: dict[int, Table] = {}
+
+    def of(self, case: str) -> Table:
+        chunk = self.selected.index(case) // CHUNK
+        if chunk not in self.runs:
+            self.runs[chunk] = self._run(self.selected[chunk * CHUNK : (chunk + 1) * CHUNK])
+        return self.runs[chunk]
+
+    def _run(self, cases: list[str]) -> Table:
+        tmp = self.tmp_path_factory.mktemp("table")
+        demo2 = self.request.getfixturevalue("demo2") if NEEDS_DEMO2 & set(cases) else None
+        context = {"tmp": tmp, "demo2": demo2}
+        cells = {case: CELLS[case](context) if callable(CELLS[case]) else CELLS[case] for case in cases}
+        hosts = tmp / "hosts.yml"
+        hosts.write_text(yaml.safe_dump(table_inventory(cells), sort_keys=False))
+        # The unit file the api role reads the deployed version from: a host's
+        # own (deployed_unit) or none. A role variable: only an extra variable
+        # beats it, and this one is templated for each host.
+        unit = {"_api_unit_path": "{{ table_api_unit_path | default('%s') }}" % (tmp / "none.service")}
+        run = run_preflight(hosts, unit, playbook=without_any_errors_fatal(tmp / "preflight.yml"), timeout=600)
+        assert "{" in run.stdout, (run.stdout + run.stderr)[-3000:]
+        return Table(run, cells)
+
+
+@pytest.fixture(scope="module")
+def tables(request, tmp_path_factory) -> Tables:
+    return Tables(request, tmp_path_factory)
+
+
+def assert_refused(table: Table, case: str, expected: dict, patterns: str | dict[str, str], normalize=None) -> None:
+    """The cell failed in one task first, on each host it failed on, with the
+    case's exact messages (pinned in expected_failures.json). `patterns`: one
+    the first message must match, or one per host ({host: pattern}, the case's
+    names), and then exactly those hosts failed."""
+    failures = table.first_failures(case)
+    assert failures, (case, table.output())
     if normalize:
         failures = [{**f, "msg": normalize(f["msg"])} for f in failures]
-    failures = sorted(failures, key=lambda f: f["host"])
-    assert re.search(pattern, failures[0]["msg"], re.DOTALL), failures[0]
+    if isinstance(patterns, str):
+        assert re.search(patterns, failures[0]["msg"], re.DOTALL), failures[0]
+    else:
+        assert [f["host"] for f in failures] == sorted(patterns), failures
+        for failure in failures:
+            assert re.search(patterns[failure["host"]], failure["msg"], re.DOTALL), failure
     if UPDATE:
         expected[case] = failures
     else:
         assert failures == EXPECTED[case], (failures, EXPECTED.get(case))
 
 
-def assert_refused_per_host(
-    run: subprocess.CompletedProcess, patterns: dict[str, str], case: str, expected: dict, normalize=None
-) -> None:
-    """Several variants of one check in one run, one host each: the run failed
-    in one task, on exactly the hosts of `patterns`, each message matching its
-    host's pattern, and all exactly as pinned in expected_failures.json."""
-    output = (run.stdout + run.stderr)[-3000:]
-    assert run.returncode != 0, output
-    failures, _stats = outcome(run)
-    assert len({f["task"] for f in failures}) == 1, failures
-    if normalize:
-        failures = [{**f, "msg": normalize(f["msg"])} for f in failures]
-    failures = sorted(failures, key=lambda f: f["host"])
-    assert [f["host"] for f in failures] == sorted(patterns), failures
-    for failure in failures:
-        assert re.search(patterns[failure["host"]], failure["msg"], re.DOTALL), failure
-    if UPDATE:
-        expected[case] = failures
-    else:
-        assert failures == EXPECTED[case], (failures, EXPECTED.get(case))
+def test_every_run_of_the_table_got_its_valid_hosts_through(tables):
+    """The table's valid hosts reached the end of every run: no run ended early."""
+    for case in tables.selected:
+        tables.of(case)
+    assert tables.runs
+    for table in tables.runs.values():
+        assert {"sentinel-lb1", "shared-api1", "shared-api2"} <= table.through, sorted(table.through)
+
+
+def assert_passed(table: Table, case: str) -> None:
+    """Every host of the cell ran the preflight to its end without a failure."""
+    failed = [f for f in table.failures if f["host"] in table.hosts(case)]
+    assert not failed, failed
+    assert table.hosts(case) <= table.through, (table.hosts(case), sorted(table.through))
 
 
 def instances(*entries: dict) -> dict:
@@ -275,13 +450,34 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("case", "extra_vars", "api_hosts", "pattern"), CASES, ids=[c[0] for c in CASES])
-def test_bad_input_fails_in_preflight_with_a_clear_message(tmp_path, expected, case, extra_vars, api_hosts, pattern):
-    assert_refused(preflight(tmp_path, extra_vars, api_hosts), pattern, case, expected)
+def lb_only(extra_vars: dict) -> bool:
+    """Only the load balancers read these: the cell can use the shared API hosts."""
+    return all(name.startswith(("nginx_lb_", "lb_ha_", "nginx_exporter_")) for name in extra_vars)
+
+
+def cell_of(extra_vars: dict, lbs: dict | None = None, apis: dict | list | None = None) -> Cell:
+    """A cell whose every host has `extra_vars` (as the old runs' extra vars), then
+    its own; lbs: lb1 unless given; apis: api1 and api2 unless given (the shared
+    ones when only the load balancers read the variables)."""
+    lbs = {name: {**extra_vars, **own} for name, own in (lbs or {"lb1": {}}).items()}
+    if apis is None:
+        if lb_only(extra_vars):
+            return Cell(lbs=lbs)
+        apis = ["api1", "api2"]
+    own_vars = apis if isinstance(apis, dict) else dict.fromkeys(apis, {})
+    return Cell(lbs=lbs, apis={name: {**extra_vars, **own} for name, own in own_vars.items()})
+
+
+for _case, _extra, _apis, _pattern in CASES:
+    cell(_case)(cell_of(_extra, apis=_apis))
+
+
+@pytest.mark.parametrize(("case", "pattern"), params(*[(c[0], c[3]) for c in CASES]))
+def test_bad_input_fails_in_preflight_with_a_clear_message(tables, expected, case, pattern):
+    assert_refused(tables.of(case), case, expected, pattern)
 
 
 BACKUP = instances(P1, {"port": 8002, "backup": True})
-PAIR_ON = {"lb_ha_vip": "192.0.2.100"}
 
 # Variants of one check, in one run each: every variant is a host of its own
 # (its variables as host vars), and the check fails on each of them in the
@@ -353,7 +549,7 @@ BATCHES = [
     (
         "pairs not of two hosts",
         {
-            "lb1": PAIR_ON,
+            "lb1": {"lb_ha_vip": "192.0.2.100"},
             "lb2": {"lb_ha_vip": "192.0.2.101"},
             "lb3": {"lb_ha_vip": "192.0.2.101"},
             "lb4": {"lb_ha_vip": "192.0.2.101"},
@@ -372,114 +568,122 @@ BATCHES = [
     (
         "virtual router ids",
         {
-            "lb1": {**PAIR_ON, "lb_ha_virtual_router_id": 256},
-            "lb2": {**PAIR_ON, "lb_ha_virtual_router_id": 256},
-            **{name: {"lb_ha_vip": "192.0.2.101", "lb_ha_virtual_router_id": 7} for name in ("lb3", "lb4")},
-            **{name: {"lb_ha_vip": "192.0.2.102", "lb_ha_virtual_router_id": 7} for name in ("lb5", "lb6")},
+            **{name: {"lb_ha_vip": "192.0.2.102", "lb_ha_virtual_router_id": 256} for name in ("lb1", "lb2")},
+            **{name: {"lb_ha_vip": "192.0.2.103", "lb_ha_virtual_router_id": 7} for name in ("lb3", "lb4")},
+            **{name: {"lb_ha_vip": "192.0.2.104", "lb_ha_virtual_router_id": 7} for name in ("lb5", "lb6")},
         },
         None,
         {},
         {
             **dict.fromkeys(
-                ("lb1", "lb2"), r"lb_ha_virtual_router_id 256 of the pair for 192\.0\.2\.100: it must be within 1-255"
+                ("lb1", "lb2"), r"lb_ha_virtual_router_id 256 of the pair for 192\.0\.2\.102: it must be within 1-255"
             ),
             **dict.fromkeys(
                 ("lb3", "lb4", "lb5", "lb6"),
-                r"lb_ha_virtual_router_id 7 of the pair for 192\.0\.2\.10[12]"
-                r".*the pair for 192\.0\.2\.10[12] has it too",
+                r"lb_ha_virtual_router_id 7 of the pair for 192\.0\.2\.10[34]"
+                r".*the pair for 192\.0\.2\.10[34] has it too",
             ),
         },
     ),
 ]
 
 
-@pytest.mark.parametrize(
-    ("case", "lb_hosts", "api_hosts", "extra_vars", "patterns"), BATCHES, ids=[c[0] for c in BATCHES]
-)
-def test_variants_of_one_check_fail_in_one_run_each_with_its_message(
-    tmp_path, expected, case, lb_hosts, api_hosts, extra_vars, patterns
-):
-    run = preflight(tmp_path, extra_vars, api_hosts, lb_hosts=lb_hosts)
-    assert_refused_per_host(run, patterns, f"batch: {case}", expected)
+for _case, _lbs, _apis, _extra, _patterns in BATCHES:
+    cell(f"batch: {_case}")(cell_of(_extra, lbs=_lbs, apis=_apis))
 
 
-def test_valid_input_passes_preflight(tmp_path):
-    extra = {
-        **instances(
-            {"port": 8001, "weight": 3}, {"port": 8002, "weight": 2, "max_conns": 10}, {"port": 8003, "backup": True}
-        ),
-        "nginx_lb_method": "least_conn",
-        "firewall_controller_address": "192.0.2.9",
-        "firewall_ssh_sources": ["192.0.2.0/24", "2001:db8::/32"],
-    }
-    run = preflight(tmp_path, extra)
-    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
-    failures, stats = outcome(run)
-    assert failures == []
-    assert set(stats) == {"lb1", "api1", "api2"}, stats
+@pytest.mark.parametrize(("case", "patterns"), params(*[(f"batch: {c[0]}", c[4]) for c in BATCHES]))
+def test_variants_of_one_check_fail_in_one_run_each_with_its_message(tables, expected, case, patterns):
+    assert_refused(tables.of(case), case, expected, patterns)
 
 
-def test_compose_host_on_debian_12_is_refused_naming_compose_v1(tmp_path, expected):
-    # This machine is Debian 12: as a Compose host it must be refused before any change.
-    run = preflight(tmp_path, {}, compose_hosts=["docker1"])
+VALID = {
+    **instances(
+        {"port": 8001, "weight": 3}, {"port": 8002, "weight": 2, "max_conns": 10}, {"port": 8003, "backup": True}
+    ),
+    "nginx_lb_method": "least_conn",
+    "firewall_controller_address": "192.0.2.9",
+    "firewall_ssh_sources": ["192.0.2.0/24", "2001:db8::/32"],
+}
+cell("valid input")(cell_of(VALID))
+
+
+@pytest.mark.parametrize("case", params("valid input"))
+def test_valid_input_passes_preflight(tables, case):
+    assert_passed(tables.of(case), case)
+
+
+# This machine is Debian 12: as a Compose host it must be refused before any change.
+cell("compose host on debian 12")(Cell(composes={"docker1": {}}))
+
+
+@pytest.mark.parametrize("case", params("compose host on debian 12"))
+def test_compose_host_on_debian_12_is_refused_naming_compose_v1(tables, expected, case):
     # The point release (12.11) is this machine's: the expected message says 12.x.
     assert_refused(
-        run,
-        "Debian 12 ships only Compose v1",
-        "compose host on debian 12",
+        tables.of(case),
+        case,
         expected,
+        {"docker1": "Debian 12 ships only Compose v1"},
         normalize=lambda msg: re.sub(r"Debian 12\.\d+\.", "Debian 12.x.", msg),
     )
-    assert outcome(run)[1]["docker1"]["failures"] == 1
 
 
-PAIR = {"lb1": {"lb_ha_vip": "192.0.2.100"}, "lb2": {"lb_ha_vip": "192.0.2.100"}}
+def pair(vip: str, **lb2) -> dict:
+    return {"lb1": {"lb_ha_vip": vip}, "lb2": {"lb_ha_vip": vip, **lb2}}
 
-# (id, extra vars, load balancers with their host vars, pattern the failure must show)
+
+# (id, extra vars, load balancers with their host vars, pattern the failure
+# must show). Each pair has its own address (and so its own router id).
 HA_CASES = [
     (
         "vip not an address",
         {},
-        {"lb1": {"lb_ha_vip": "192.0.2.300"}, "lb2": {"lb_ha_vip": "192.0.2.300"}},
+        pair("192.0.2.300"),
         r"lb_ha_vip must be an IPv4 address \(got '192\.0\.2\.300'\)",
     ),
     (
         "vip is a host's address",
         {},
-        {**PAIR, "lb2": {"lb_ha_vip": "192.0.2.100", "ansible_host": "192.0.2.100"}},
-        r"lb_ha_vip 192\.0\.2\.100 is the address of a host of the inventory",
+        pair("192.0.2.105", ansible_host="192.0.2.105"),
+        r"lb_ha_vip 192\.0\.2\.105 is the address of a host of the inventory",
     ),
     (
         "check fall zero",
         {"lb_ha_check_fall": 0},
-        PAIR,
+        pair("192.0.2.106"),
         r"lb_ha_advert_int must be within 1-255 \(got 1\), and lb_ha_check_interval.*got 1, 1, 0, 2",
     ),
     (
         "acme on a pair",
         {"nginx_lb_tls_mode": "acme", "nginx_lb_server_names": ["api.example.com"]},
-        PAIR,
+        pair("192.0.2.107"),
         r"nginx_lb_tls_mode=acme with lb_ha_vip is not supported",
     ),
 ]
 
-
-@pytest.mark.parametrize(("case", "extra_vars", "lb_hosts", "pattern"), HA_CASES, ids=[c[0] for c in HA_CASES])
-def test_bad_pair_input_fails_in_preflight_naming_the_variable(tmp_path, expected, case, extra_vars, lb_hosts, pattern):
-    assert_refused(preflight(tmp_path, extra_vars, lb_hosts=lb_hosts), pattern, f"pair: {case}", expected)
+for _case, _extra, _lbs, _pattern in HA_CASES:
+    cell(f"pair: {_case}")(cell_of(_extra, lbs=_lbs))
 
 
-def test_a_valid_pair_passes_preflight(tmp_path):
-    run = preflight(tmp_path, {}, lb_hosts=PAIR)
-    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
-    failures, stats = outcome(run)
-    assert failures == []
-    assert set(PAIR) <= set(stats), stats
+@pytest.mark.parametrize(("case", "pattern"), params(*[(f"pair: {c[0]}", c[3]) for c in HA_CASES]))
+def test_bad_pair_input_fails_in_preflight_naming_the_variable(tables, expected, case, pattern):
+    assert_refused(tables.of(case), case, expected, pattern)
+
+
+cell("valid pair")(cell_of({}, lbs=pair("192.0.2.108")))
+
+
+@pytest.mark.parametrize("case", params("valid pair"))
+def test_a_valid_pair_passes_preflight(tables, case):
+    assert_passed(tables.of(case), case)
 
 
 # api_source as an artifact (molecule/shared/lbtest.py builds tests/app2).
 sys.path.insert(0, str(ROOT / "molecule" / "shared"))
 from lbtest import DEMO2_MODULE, build_demo2  # noqa: E402
+
+NEEDS_DEMO2 = {"source: every way", "artifact sources"}
 
 
 @pytest.fixture(scope="module")
@@ -488,17 +692,24 @@ def demo2(tmp_path_factory):
     return {"wheel": build_demo2(tmp, "2.0.0", "wheel"), "git": build_demo2(tmp, "2.2.0", "git"), "root": tmp}
 
 
-# Every way api_source can be wrong, in one run: each API host names its own
-# source (host vars), and the one check fails on all five, each with its
-# message.
-def source_hosts(d) -> dict:
-    return {
-        "api1": {"api_source": "/nonexistent/app-1.0-py3-none-any.whl", "api_module": DEMO2_MODULE},
-        "api2": {"api_source": str(d["git"]), "api_source_ref": "v9.9.9", "api_module": DEMO2_MODULE},
-        "api3": {"api_source": str(d["wheel"]), "api_module": "lbapi_demo2.service:app", "api_version": "2.0.0"},
-        "api4": {"api_source": str(d["wheel"]), "api_module": "lbapi_demo2.main:application", "api_version": "2.0.0"},
-        "api5": {"api_source": str(d["wheel"]), "api_module": DEMO2_MODULE, "api_version": "1.0.0"},
-    }
+# Every way api_source can be wrong: each API host names its own source, and
+# the one check fails on all five, each with its message.
+@cell("source: every way")
+def source_cell(context) -> Cell:
+    d = context["demo2"]
+    return Cell(
+        apis={
+            "api1": {"api_source": "/nonexistent/app-1.0-py3-none-any.whl", "api_module": DEMO2_MODULE},
+            "api2": {"api_source": str(d["git"]), "api_source_ref": "v9.9.9", "api_module": DEMO2_MODULE},
+            "api3": {"api_source": str(d["wheel"]), "api_module": "lbapi_demo2.service:app", "api_version": "2.0.0"},
+            "api4": {
+                "api_source": str(d["wheel"]),
+                "api_module": "lbapi_demo2.main:application",
+                "api_version": "2.0.0",
+            },
+            "api5": {"api_source": str(d["wheel"]), "api_module": DEMO2_MODULE, "api_version": "1.0.0"},
+        }
+    )
 
 
 SOURCE_PATTERNS = {
@@ -513,55 +724,103 @@ SOURCE_PATTERNS = {
 }
 
 
-def test_bad_app_sources_fail_in_preflight_each_with_its_message(tmp_path, expected, demo2):
+@pytest.mark.parametrize("case", params("source: every way"))
+def test_bad_app_sources_fail_in_preflight_each_with_its_message(tables, expected, case, demo2):
     # The artifacts are built in this session's temporary directory.
     root = str(demo2["root"])
-    run = preflight(tmp_path, {}, api_hosts=source_hosts(demo2))
-    assert_refused_per_host(
-        run, SOURCE_PATTERNS, "source: every way", expected, normalize=lambda msg: msg.replace(root, "<tmp>")
-    )
+    assert_refused(tables.of(case), case, expected, SOURCE_PATTERNS, normalize=lambda msg: msg.replace(root, "<tmp>"))
 
 
-def test_artifact_sources_pass_preflight(tmp_path, demo2):
-    for extra in (
-        {"api_source": str(demo2["wheel"]), "api_module": DEMO2_MODULE, "api_version": "2.0.0"},
-        {
-            "api_source": str(demo2["git"]),
-            "api_source_ref": "v2.2.0",
-            "api_module": DEMO2_MODULE,
-            "api_version": "2.2.0",
+# A wheel and a git ref, each on an API host of one load balancer's upstream.
+@cell("artifact sources")
+def artifact_cell(context) -> Cell:
+    d = context["demo2"]
+    return Cell(
+        lbs={"lb1": {}},
+        apis={
+            "wheel": {"api_source": str(d["wheel"]), "api_module": DEMO2_MODULE, "api_version": "2.0.0"},
+            "git": {
+                "api_source": str(d["git"]),
+                "api_source_ref": "v2.2.0",
+                "api_module": DEMO2_MODULE,
+                "api_version": "2.2.0",
+            },
         },
-    ):
-        run = preflight(tmp_path, extra)
-        assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
-
-
-def deployed_unit(tmp_path: Path, version: str) -> dict:
-    """Extra vars pointing the api role at a unit file that records `version` as deployed."""
-    unit = tmp_path / "api@.service"
-    unit.write_text(f'[Service]\nEnvironment=API_PORT=%i\nEnvironment="API_VERSION={version}"\n')
-    return {"_api_unit_path": str(unit)}
-
-
-def test_an_older_api_version_than_deployed_is_refused(tmp_path, expected):
-    run = preflight(tmp_path, {**deployed_unit(tmp_path, "2.0.0"), "api_version": "1.10.0"})
-    assert_refused(
-        run, r"has rag-photographie 2\.0\.0 deployed, and api_version=1\.10\.0 is older", "downgrade", expected
     )
 
 
-@pytest.mark.parametrize(
-    ("deployed", "extra"),
-    [
-        ("2.0.0", {"api_version": "1.0.0", "api_allow_downgrade": True}),
-        ("1.9.0", {"api_version": "1.10.0"}),
-        ("2.0.0", {"api_version": "2.0.0"}),
-        ("git-3f2a9c1", {"api_version": "1.0.0"}),
-    ],
-    ids=["downgrade allowed", "numeric order", "same version", "not a dotted number"],
-)
-def test_a_newer_same_or_allowed_api_version_passes(tmp_path, deployed, extra):
-    run = preflight(tmp_path, {**deployed_unit(tmp_path, deployed), **extra})
-    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
-    failures, _stats = outcome(run)
-    assert failures == []
+@pytest.mark.parametrize("case", params("artifact sources"))
+def test_artifact_sources_pass_preflight(tables, case):
+    assert_passed(tables.of(case), case)
+
+
+def deployed_unit(directory: Path, name: str, version: str) -> dict:
+    """Host vars pointing the api role at a unit file that records `version` as deployed."""
+    unit = directory / f"{name}.service"
+    unit.write_text(f'[Service]\nEnvironment=API_PORT=%i\nEnvironment="API_VERSION={version}"\n')
+    return {"table_api_unit_path": str(unit)}
+
+
+@cell("downgrade")
+def downgrade_cell(context) -> Cell:
+    own = {**deployed_unit(context["tmp"], "downgrade", "2.0.0"), "api_version": "1.10.0"}
+    return Cell(apis={"api1": own, "api2": own})
+
+
+@pytest.mark.parametrize("case", params("downgrade"))
+def test_an_older_api_version_than_deployed_is_refused(tables, expected, case):
+    assert_refused(
+        tables.of(case), case, expected, r"has rag-photographie 2\.0\.0 deployed, and api_version=1\.10\.0 is older"
+    )
+
+
+# (id, the version deployed, the API host's vars)
+VERSIONS = [
+    ("downgrade allowed", "2.0.0", {"api_version": "1.0.0", "api_allow_downgrade": True}),
+    ("numeric order", "1.9.0", {"api_version": "1.10.0"}),
+    ("same version", "2.0.0", {"api_version": "2.0.0"}),
+    ("not a dotted number", "git-3f2a9c1", {"api_version": "1.0.0"}),
+]
+
+
+def version_cell(case: str, deployed: str, own: dict):
+    def build(context) -> Cell:
+        return Cell(apis={"api1": {**deployed_unit(context["tmp"], slug(case), deployed), **own}})
+
+    return build
+
+
+for _case, _deployed, _own in VERSIONS:
+    cell(f"version: {_case}")(version_cell(_case, _deployed, _own))
+
+
+@pytest.mark.parametrize("case", params(*[f"version: {v[0]}" for v in VERSIONS]))
+def test_a_newer_same_or_allowed_api_version_passes(tables, case):
+    assert_passed(tables.of(case), case)
+
+
+def test_the_real_preflight_stops_the_whole_run_at_the_first_failure(tmp_path):
+    """What the table's copy turns off: the playbook itself, with one case
+    (ports) on api1 only, fails there, and no host runs a task after it: not
+    api2, whose input is valid, nor lb1 (the load balancer plays never start)."""
+    hosts = tmp_path / "hosts.yml"
+    bad = instances({"port": 70000}, {"port": 0}, {"weight": 2})
+    inventory = {
+        "all": {
+            "vars": COMMON,
+            "children": {
+                "loadbalancers": {"hosts": {"lb1": None}},
+                "api_servers": {"hosts": {"api1": bad, "api2": None}},
+            },
+        }
+    }
+    hosts.write_text(yaml.safe_dump(inventory, sort_keys=False))
+    run = run_preflight(hosts, {})
+    assert run.returncode != 0, (run.stdout + run.stderr)[-3000:]
+    failures, stats = outcome(run)
+    assert failures == [f for f in EXPECTED["ports"] if f["host"] == "api1"], failures
+    data = json.loads(run.stdout[run.stdout.index("{") :])
+    last_task = [task["task"]["name"] for play in data["plays"] for task in play["tasks"]][-1]
+    assert last_task == failures[0]["task"], last_task
+    assert stats["api2"]["failures"] == 0, stats["api2"]
+    assert stats["lb1"]["ok"] <= 2, stats["lb1"]
