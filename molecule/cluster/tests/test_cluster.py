@@ -226,23 +226,14 @@ def scale_out_then_in(hosts):
 
 def test_ipv6_reaches_only_what_the_firewall_opens(hosts):
     """api1 and the outsider have IPv6 link-local addresses: over IPv6, SSH
-    is open (firewall_ssh_sources has ::/0) and the API port filtered; with
-    the outsider's IPv6 address in monitoring_sources the firewall lets it
-    through to the port (closed: the API listens on IPv4 only)."""
+    is open (firewall_ssh_sources has ::/0) and the API port filtered. The
+    outsider's IPv6 address in monitoring_sources opens the port to it:
+    test_observability.py's test_monitoring_ports_open_to_monitoring_sources_only,
+    one apply for both families."""
     outsider = hosts["outsider"]
     api1 = f"{link_local(hosts['api1'])}%eth0"
-    source = link_local(outsider)
     port = PORTS[0]
     assert scan(outsider, api1, f"22,{port}") == {22: "open", port: "filtered"}
-    try:
-        run = playbook("--tags", "firewall", extra_vars={"monitoring_sources": [f"{source}/128"]})
-        assert run.returncode == 0, tail(run)
-        assert f"ip6 saddr {source} tcp dport" in hosts["api1"].check_output("nft list table inet firewall")
-        assert scan(outsider, api1, f"22,{port}") == {22: "open", port: "closed"}
-    finally:
-        back = playbook("--tags", "firewall")
-    assert back.returncode == 0, tail(back)
-    assert scan(outsider, api1, str(port)) == {port: "filtered"}
 
 
 def test_stopping_a_whole_api_host(hosts):

@@ -23,7 +23,7 @@ import time
 import uuid
 from pathlib import Path
 
-from clustertest import CACERT, LB_URL, docker, resolve, scan
+from clustertest import CACERT, LB_URL, docker, link_local, resolve, scan
 from lbtest import (
     API_NAME,
     DRAIN,
@@ -277,19 +277,32 @@ def test_api_metrics_count_requests_per_route_and_status(hosts):
 
 
 def test_monitoring_ports_open_to_monitoring_sources_only(hosts):
+    """The outsider's IPv4 address and its IPv6 link-local one in
+    monitoring_sources, in one apply: the exporter on lb1 and the API's
+    /metrics on api1 open to it over IPv4, the API port over IPv6 (closed:
+    the API listens on IPv4 only), and filtered again once it is removed."""
     outsider = hosts["outsider"]
+    api1_six = f"{link_local(hosts['api1'])}%eth0"
+    six = link_local(outsider)
+    port = PORTS[0]
     assert scan(outsider, "lb1", "9113")[9113] == "filtered"
-    assert scan(outsider, "api1", str(PORTS[0]))[PORTS[0]] == "filtered"
-    monitored = playbook("--tags", "firewall", extra_vars={"monitoring_sources": [address_of(hosts, "outsider")]})
-    assert monitored.returncode == 0, tail(monitored)
+    assert scan(outsider, "api1", str(port))[port] == "filtered"
+    assert scan(outsider, api1_six, str(port)) == {port: "filtered"}
     try:
+        monitored = playbook(
+            "--tags", "firewall", extra_vars={"monitoring_sources": [address_of(hosts, "outsider"), f"{six}/128"]}
+        )
+        assert monitored.returncode == 0, tail(monitored)
         assert scan(outsider, "lb1", "9113")[9113] == "open"
         assert metric(outsider.check_output("curl -sf http://lb1:9113/metrics"), "nginx_up") == 1
-        assert "api_requests_total" in outsider.check_output(f"curl -sf http://api1:{PORTS[0]}/metrics")
+        assert "api_requests_total" in outsider.check_output(f"curl -sf http://api1:{port}/metrics")
+        assert f"ip6 saddr {six} tcp dport" in hosts["api1"].check_output("nft list table inet firewall")
+        assert scan(outsider, api1_six, str(port)) == {port: "closed"}
     finally:
         closed = playbook("--tags", "firewall")
         assert closed.returncode == 0, tail(closed)
     assert scan(outsider, "lb1", "9113")[9113] == "filtered"
+    assert scan(outsider, api1_six, str(port)) == {port: "filtered"}
 
 
 def test_logrotate_while_keepalive_clients_are_served(hosts):
