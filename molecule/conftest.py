@@ -19,12 +19,22 @@ SMOKE = {
 
 
 def pytest_collection_modifyitems(config, items):
-    """The check-mode pass (shared/test_check_mode.py) is each scenario's last step:
-    it checks the state every other test left, whatever the file names.
+    """The check-mode pass (shared/test_check_mode.py, or a module with
+    ``CHECK_PASS = True`` in its place) comes after every other test: it
+    checks the state they left, whatever the file names. A module
+    with ``RUNS_LAST = True`` comes after it: its tests leave the host in a
+    state the inventory does not describe (another app version), which
+    nothing reads after them, and they check their own results.
     With LBTEST_SMOKE=1, only the tests named in SMOKE run."""
     if os.environ.get("LBTEST_SMOKE") == "1":
         keep = [item for item in items if f"{item.path.name}::{item.originalname}" in SMOKE]
         assert {f"{item.path.name}::{item.originalname}" for item in keep} == SMOKE, "a SMOKE test was renamed"
         config.hook.pytest_deselected(items=[item for item in items if item not in keep])
         items[:] = keep
-    items.sort(key=lambda item: item.path.name == "test_check_mode.py")
+
+    def order(item) -> int:
+        if getattr(item.module, "RUNS_LAST", False):
+            return 2
+        return 1 if item.path.name == "test_check_mode.py" or getattr(item.module, "CHECK_PASS", False) else 0
+
+    items.sort(key=order)

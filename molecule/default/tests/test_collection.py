@@ -6,7 +6,8 @@ The scenario's converge itself ran `lbapi.nginx_api.site` from the installed
 collection (converge.yml), so test_default.py's traffic checks (30 requests
 → 10 per instance) are the collection's result. This is the scenario's
 check pass (--check --diff reports no change), in place of the shared
-test_check_mode.py.
+test_check_mode.py: it runs after the other tests (CHECK_PASS,
+molecule/conftest.py), on the state they left.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import sys
 from pathlib import Path
 
 from lbtest import PROJECT, recap
+
+CHECK_PASS = True
 
 
 def test_site_playbook_by_fqcn_from_outside_the_clone(tmp_path):

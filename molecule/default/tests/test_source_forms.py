@@ -4,15 +4,19 @@ Each test builds the second demo app (tests/app2) at its own version, rolls
 it out, and checks that every instance serves it. The wheel goes out with
 playbooks/rolling_update.yml under two loads at once (kept-alive
 connections, and one connection per request); the sdist and the git ref
-with site.yml (its API tier), whose restarts drain first. A module-scoped fixture puts the
-inventory's app back at the end, whatever happened.
+with site.yml (its API tier), whose restarts drain first.
+
+These tests run last (RUNS_LAST, molecule/conftest.py), after any check
+pass, and leave the host on the second app: nothing reads it after them,
+and `molecule converge` puts the inventory's app back. Rolling back to an
+older version on purpose (api_allow_downgrade) is tested in `rolling` and
+`ha`.
 """
 
 from __future__ import annotations
 
 import json
 
-import pytest
 from lbtest import CERT, DEMO2_MODULE, PORTS, ROLLING_UPDATE, Load, build_demo2, playbook, recap, tail
 
 URL = "https://localhost/"
@@ -24,21 +28,14 @@ def served(host) -> dict[int, dict]:
 
 # Only the API tier changes: the upstream (ports, address) stays the same.
 API_TIER = ("--tags", "api_servers")
-
-
-@pytest.fixture(scope="module")
-def inventory_app_back():
-    yield
-    # Back from 2.x to the inventory's 1.0.0: a rollback on purpose.
-    run = playbook(*API_TIER, extra_vars={"api_allow_downgrade": True})
-    assert run.returncode == 0, tail(run)
+RUNS_LAST = True
 
 
 def artifact_vars(source, version: str, **extra) -> dict:
     return {"api_source": str(source), "api_module": DEMO2_MODULE, "api_version": version, **extra}
 
 
-def test_a_wheel_rolls_out_without_a_failed_request(host, tmp_path, inventory_app_back):
+def test_a_wheel_rolls_out_without_a_failed_request(host, tmp_path):
     wheel = build_demo2(tmp_path, "2.0.0", "wheel")
     pooled = Load(host, URL, concurrency=5, keepalive=True, min_requests=100, cacert=CERT)
     single = Load(host, URL, concurrency=5, min_requests=100, cacert=CERT)
@@ -52,7 +49,7 @@ def test_a_wheel_rolls_out_without_a_failed_request(host, tmp_path, inventory_ap
     assert {body["version"] for body in answers.values()} == {"2.0.0"}, answers
 
 
-def test_an_sdist_is_built_on_the_controller_and_installed(host, tmp_path, inventory_app_back):
+def test_an_sdist_is_built_on_the_controller_and_installed(host, tmp_path):
     sdist = build_demo2(tmp_path, "2.1.0", "sdist")
     assert sdist.name.endswith("-2.1.0.tar.gz"), sdist
     run = playbook(*API_TIER, extra_vars=artifact_vars(sdist, "2.1.0"))
@@ -60,7 +57,7 @@ def test_an_sdist_is_built_on_the_controller_and_installed(host, tmp_path, inven
     assert {body["version"] for body in served(host).values()} == {"2.1.0"}
 
 
-def test_a_git_ref_is_fetched_on_the_controller_and_rerun_changes_nothing(host, tmp_path, inventory_app_back):
+def test_a_git_ref_is_fetched_on_the_controller_and_rerun_changes_nothing(host, tmp_path):
     repository = build_demo2(tmp_path, "2.2.0", "git")
     extra = artifact_vars(repository, "2.2.0", api_source_ref="v2.2.0")
     run = playbook(*API_TIER, extra_vars=extra)
