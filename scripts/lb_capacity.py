@@ -302,10 +302,8 @@ async def run(args: argparse.Namespace, sync=None) -> dict:
     hold_took = time.monotonic() - hold_started
     # Every idle connection still open, the longest idle first.
     idle = sorted(pool, key=pool.get)
-    swept = 0
 
     async def sweep(conn) -> None:
-        nonlocal swept
         async with gate:
             # The refresh goes on while the sweep waits for its gate: a
             # sweep through a slow API (77 s for 9,800 requests on a starved
@@ -317,7 +315,6 @@ async def run(args: argparse.Namespace, sync=None) -> dict:
             if conn not in pool:
                 return
             idle = time.monotonic() - pool.pop(conn)
-            swept += 1
             try:
                 await client.request(conn, "GET", "sweep")
             except Exception as err:  # noqa: BLE001 - Closed included: an error here
@@ -335,7 +332,7 @@ async def run(args: argparse.Namespace, sync=None) -> dict:
         "connections": args.connections,
         "opened": len(conns),
         "active": len(active),
-        "idle": swept,
+        "idle": client.requests["sweep"],
         "requests": client.requests,
         "statuses": {str(code): n for code, n in sorted(client.statuses.items())},
         "errors": {phase: dict(kinds) for phase, kinds in client.errors.items()},
