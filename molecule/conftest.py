@@ -18,13 +18,20 @@ SMOKE = {
 }
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "runs_last: the test runs after the check pass, as in a module with RUNS_LAST = True"
+    )
+
+
 def pytest_collection_modifyitems(config, items):
     """The check-mode pass (shared/test_check_mode.py, or a module with
     ``CHECK_PASS = True`` in its place) comes after every other test: it
     checks the state they left, whatever the file names. A module
-    with ``RUNS_LAST = True`` comes after it: its tests leave the host in a
-    state the inventory does not describe (another app version), which
-    nothing reads after them, and they check their own results.
+    with ``RUNS_LAST = True``, or a test marked ``runs_last``, comes after
+    it: its tests leave the hosts in a state the inventory does not describe
+    (another app version), which nothing reads after them, and they check
+    their own results.
     With LBTEST_SMOKE=1, only the tests named in SMOKE run."""
     if os.environ.get("LBTEST_SMOKE") == "1":
         keep = [item for item in items if f"{item.path.name}::{item.originalname}" in SMOKE]
@@ -33,7 +40,7 @@ def pytest_collection_modifyitems(config, items):
         items[:] = keep
 
     def order(item) -> int:
-        if getattr(item.module, "RUNS_LAST", False):
+        if getattr(item.module, "RUNS_LAST", False) or item.get_closest_marker("runs_last"):
             return 2
         return 1 if item.path.name == "test_check_mode.py" or getattr(item.module, "CHECK_PASS", False) else 0
 
