@@ -1,15 +1,12 @@
 #!/usr/bin/env bash
 # Run test steps for `make test` and `make molecule`: the lanes at the same
-# time, each lane's steps one after another. The queue's steps (--queue) go,
-# in order, to whichever lane is free first: a lane that finished its own
-# steps takes the next one nobody has taken, so the suite never waits with a
-# core idle while a step is left. Steps that must run alone (--alone) run
-# after every lane. A step is
+# time, each lane's steps one after another, then the steps that must run
+# alone (--alone; make test runs rolling so). A step is
 # make:TARGET (lint, unit, input), or a Molecule scenario NAME or NAME:DISTRO
 # (debian12 when not given), with its own ephemeral directory
 # (.cache/molecule/NAME-DISTRO), so one scenario can run on two distros at
 # once.
-#   test-lanes.sh --lane "make:lint default:debian12" --lane "cluster" --queue "rolling tls"
+#   test-lanes.sh --lane "make:lint default:debian12" --lane "cluster tls" --alone "rolling"
 # Each step's output goes to .cache/test-logs/STEP.log and is printed whole
 # when it fails; a line per step says how it ended and in how long. Exits
 # non-zero when any step failed.
@@ -72,38 +69,23 @@ run_step() {
   return "$rc"
 }
 
-# A lane's own steps, then the queue's steps no other lane has taken (mkdir
-# is the claim: it fails for every lane but the first).
 run_lane() {
   local step failed=0
   for step in $1; do
-    run_step "$step" || failed=1
-  done
-  for step in $queue; do
-    mkdir "$claims/$step" 2>/dev/null || continue
     run_step "$step" || failed=1
   done
   return "$failed"
 }
 
 lanes=()
-queue=""
 alone=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --lane) lanes+=("$2"); shift 2 ;;
-    --queue) queue="$2"; shift 2 ;;
     --alone) alone="$2"; shift 2 ;;
-    *) echo "usage: $0 [--lane 'STEP...']... [--queue 'STEP...'] [--alone 'STEP...']" >&2; exit 2 ;;
+    *) echo "usage: $0 [--lane 'STEP...']... [--alone 'STEP...']" >&2; exit 2 ;;
   esac
 done
-if [ -n "$queue" ] && [ "${#lanes[@]}" = 0 ]; then
-  echo "$0: --queue needs at least one --lane to run it" >&2
-  exit 2
-fi
-claims="$logs/claims"
-rm -rf "$claims"
-mkdir -p "$claims"
 
 failed=0
 pids=()
@@ -114,7 +96,7 @@ done
 for pid in "${pids[@]}"; do
   wait "$pid" || failed=1
 done
-queue="" run_lane "$alone" || failed=1
+run_lane "$alone" || failed=1
 
 # One closing line for every pytest run of every step (unit, input, each
 # scenario's testinfra verify): the sums of their summary lines.
