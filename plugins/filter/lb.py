@@ -144,6 +144,30 @@ def wheel_platforms(machine: str, glibc: str, oldest_minor: int = 17) -> list[st
     ]
 
 
+def uvicorn_args(
+    module: str,
+    host: str,
+    port: Any,
+    workers: int = 1,
+    access_log: bool = False,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """uvicorn's arguments for one instance, the same for a systemd unit and a
+    Compose service: the app, where it listens, its workers, without its own
+    access log unless asked (nginx logs every request), then `extra`."""
+    return [
+        module,
+        "--host",
+        str(host),
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        *([] if access_log else ["--no-access-log"]),
+        *(str(arg) for arg in extra),
+    ]
+
+
 def firewall_bad_ports(rules: Iterable[Mapping[str, Any]]) -> list[str]:
     """`name: port` of every rule port that is not an integer within 1-65535."""
     return [
@@ -252,6 +276,7 @@ class FilterModule:
             "lb_serving_keys": serving_keys,
             "lb_nginx_version": nginx_version,
             "lb_wheel_platforms": wheel_platforms,
+            "lb_uvicorn_args": uvicorn_args,
             "lb_is_nginx_time": is_nginx_time,
             "lb_firewall_bad_ports": firewall_bad_ports,
             "lb_firewall_bad_sources": firewall_bad_sources,

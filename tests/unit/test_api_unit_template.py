@@ -17,7 +17,7 @@ def directives(text: str, key: str) -> list[str]:
 def test_unit_runs_uvicorn_on_the_instance_port():
     text = unit()
     assert directives(text, "ExecStart") == [
-        "/opt/rag-photographie/venv/bin/uvicorn app.api:app --host 127.0.0.1 --port %i --workers 1"
+        "/opt/rag-photographie/venv/bin/uvicorn app.api:app --host 127.0.0.1 --port %i --workers 1 --no-access-log"
     ]
     assert directives(text, "User") == ["rag-photographie"]
     assert directives(text, "WorkingDirectory") == ["/opt/rag-photographie/src"]
@@ -28,7 +28,7 @@ def test_unit_runs_uvicorn_on_the_instance_port():
 def test_unit_follows_name_module_workers_and_version():
     text = unit(api_name="shop", api_module="shop.main:application", api_workers=4, api_version="2.3.4")
     assert directives(text, "ExecStart") == [
-        "/opt/shop/venv/bin/uvicorn shop.main:application --host 127.0.0.1 --port %i --workers 4"
+        "/opt/shop/venv/bin/uvicorn shop.main:application --host 127.0.0.1 --port %i --workers 4 --no-access-log"
     ]
     assert '"API_VERSION=2.3.4"' in directives(text, "Environment")
     assert directives(text, "User") == ["shop"]
@@ -45,7 +45,11 @@ def test_api_host_that_is_not_a_load_balancer_binds_its_default_ipv4():
 def test_extra_environment_and_arguments():
     text = unit(api_environment={"LOG_LEVEL": "debug"}, api_uvicorn_extra_args=["--timeout-keep-alive", "10"])
     assert '"LOG_LEVEL=debug"' in directives(text, "Environment")
-    assert directives(text, "ExecStart")[0].endswith("--workers 1 --timeout-keep-alive 10")
+    assert directives(text, "ExecStart")[0].endswith("--workers 1 --no-access-log --timeout-keep-alive 10")
+
+
+def test_uvicorn_access_log_only_when_asked():
+    assert directives(unit(api_access_log=True), "ExecStart")[0].endswith("--port %i --workers 1")
 
 
 def test_restarts_on_failure_and_is_enabled_for_multi_user():

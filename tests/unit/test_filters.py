@@ -50,6 +50,16 @@ def test_nginx_version_from_nginx_v():
     assert lb.nginx_version("") == "0"
 
 
+def test_uvicorn_args_without_its_access_log_unless_asked_then_the_extra_ones():
+    assert lb.uvicorn_args("app.api:app", "127.0.0.1", "%i") == [
+        "app.api:app", "--host", "127.0.0.1", "--port", "%i", "--workers", "1", "--no-access-log",
+    ]  # fmt: skip
+    args = lb.uvicorn_args("shop:app", "0.0.0.0", 8002, workers=3, access_log=True, extra=["--timeout-keep-alive", 10])
+    assert args == [
+        "shop:app", "--host", "0.0.0.0", "--port", "8002", "--workers", "3", "--timeout-keep-alive", "10",
+    ]  # fmt: skip
+
+
 def test_wheel_platforms_from_oldest_manylinux_to_the_host_glibc():
     assert lb.wheel_platforms("x86_64", "2.19") == [
         "manylinux2014_x86_64",
