@@ -79,8 +79,8 @@ def test_api_containers_run_the_units_uvicorn_command_without_its_access_log(hos
     """The systemd unit's arguments (lb_uvicorn_args): nginx logs every
     request, uvicorn only its start and errors (api_access_log false)."""
     docker1 = hosts["compose-docker1"]
-    ids = compose(docker1, "ps", "--quiet", "api-8002").split()
-    command = json.loads(docker1.check_output(f"docker inspect -f '{{{{json .Config.Cmd}}}}' {ids[0]}"))
+    api = containers(docker1)["api-8002"]["id"]
+    command = json.loads(docker1.check_output(f"docker inspect -f '{{{{json .Config.Cmd}}}}' {api}"))
     assert command == [
         "/opt/app/venv/bin/uvicorn", "app.api:app", "--host", "0.0.0.0", "--port", "8002", "--workers", "1",
         "--no-access-log",
@@ -88,7 +88,7 @@ def test_api_containers_run_the_units_uvicorn_command_without_its_access_log(hos
     # Two weighted cycles (3+2+1): api-8002 answers 4 of them.
     result = requests_from(hosts["compose-client"], f"{URL}health?probe=compose-access", 12, cacert=CACERT)
     assert result["instances"].get("api-8002:8002") == 4, result
-    log = docker1.check_output(f"docker logs {ids[0]} 2>&1")
+    log = docker1.check_output(f"docker logs {api} 2>&1")
     assert "Uvicorn running on http://0.0.0.0:8002" in log, log[-2000:]
     assert "probe=compose-access" not in log, log[-2000:]
 
