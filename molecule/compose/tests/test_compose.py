@@ -7,6 +7,7 @@ run through testinfra (as root in the container).
 
 from __future__ import annotations
 
+import datetime
 import json
 import shlex
 import time
@@ -218,3 +219,44 @@ def test_a_changed_project_network_is_refused_before_any_change(hosts):
     assert "compose_stack_subnet=172.29.84.0/24" in said(run), tail(run)
     assert containers(docker1) == before
     assert docker1.check_output("sha256sum /opt/lb-stack/compose.yaml") == project
+
+
+def expiry(host, command: str) -> datetime.datetime:
+    """The notAfter of the certificate `command` prints (PEM) on `host`."""
+    end = host.check_output(f"{command} | openssl x509 -noout -enddate").removeprefix("notAfter=")
+    return datetime.datetime.strptime(end, "%b %d %H:%M:%S %Y %Z").replace(tzinfo=datetime.UTC)
+
+
+def test_a_self_signed_certificate_with_less_than_a_third_of_its_life_left_is_renewed(hosts):
+    """The same certificate signed again for 30 days, of the 365 a self-signed
+    one lives: the next run signs it again for its whole life (the nginx_lb
+    role's certificate entry point), and nginx in its container serves it."""
+    docker1, client = hosts["compose-docker1"], hosts["compose-client"]
+    tls = "/opt/lb-stack/tls"
+    served = "openssl s_client -connect 127.0.0.1:443 </dev/null 2>/dev/null"
+    docker1.run_expect(
+        [0],
+        f"openssl x509 -req -in {tls}/selfsigned.csr -key {tls}/privkey.pem -days 30"
+        f" -copy_extensions copyall -out {tls}/fullchain.pem"
+        f" && docker compose --project-name {PROJECT} exec -T nginx nginx -s reload",
+    )
+    now = datetime.datetime.now(datetime.UTC)
+    # The reload is asynchronous: the new workers serve within a second.
+    for _attempt in range(20):
+        if expiry(docker1, served) < now + datetime.timedelta(days=31):
+            break
+        time.sleep(0.25)
+    assert expiry(docker1, served) < now + datetime.timedelta(days=31)
+
+    run = playbook()
+    assert run.returncode == 0, tail(run)
+    assert expiry(docker1, f"cat {tls}/fullchain.pem") > now + datetime.timedelta(days=364)
+    for _attempt in range(20):
+        if expiry(docker1, served) > now + datetime.timedelta(days=364):
+            break
+        time.sleep(0.25)
+    assert expiry(docker1, served) > now + datetime.timedelta(days=364)
+    # The client trusts the renewed certificate from now on.
+    cert = docker1.check_output(f"cat {tls}/fullchain.pem")
+    client.run_expect([0], f"cat > {CACERT} <<'EOF'\n{cert}\nEOF")
+    assert client.run(f"curl -sf --cacert {CACERT} {URL}health").rc == 0

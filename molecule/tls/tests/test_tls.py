@@ -170,7 +170,65 @@ def make_certificate(name: str, days: int = 30) -> tuple[str, str, str]:
     return ca.public_bytes(pem).decode(), cert.public_bytes(pem).decode(), key_pem.decode()
 
 
+# What acme mode installs for the site, which any other mode removes: the
+# lineage, the deploy hook that would install a renewal into the site's TLS
+# directory, and the certbot drop-in.
+ACME_RESIDUE = (
+    f"/etc/letsencrypt/renewal/{SITE}.conf",
+    f"/etc/letsencrypt/live/{SITE}",
+    f"/etc/letsencrypt/archive/{SITE}",
+    f"/usr/local/sbin/nginx-lb-deploy-{SITE}",
+    "/etc/systemd/system/certbot.service.d/nginx-lb.conf",
+)
+
+
+def not_after(host, path: str) -> datetime.datetime:
+    """The expiry of the certificate at `path` on `host`."""
+    pem = host.file(path).content_string
+    return x509.load_pem_x509_certificate(pem.encode()).not_valid_after_utc
+
+
+def in_acme_mode(lb) -> None:
+    """The inventory's mode, acme, with its lineage: converge back to it when
+    an earlier test left another mode (which removed the lineage)."""
+    if not all(lb.file(path).exists for path in ACME_RESIDUE):
+        run = playbook()
+        assert run.returncode == 0, tail(run)
+    assert all(lb.file(path).exists for path in ACME_RESIDUE)
+
+
+def test_the_acme_deploy_hook_keeps_the_previous_certificate_when_nginx_refuses_the_new_one(lb, acme):
+    """certbot runs the hook after a renewal: here the renewed lineage holds a
+    key that does not match its certificate. nginx -t refuses it; the hook
+    puts the previous files back, exits 1, and nginx keeps serving."""
+    in_acme_mode(lb)
+    live = f"/etc/letsencrypt/live/{SITE}"
+    tls = f"/etc/nginx/tls/{SITE}"
+    saved = f"/root/lbtest-live-{uuid.uuid4().hex[:8]}"
+    before = lb.check_output(f"sha256sum {tls}/fullchain.pem {tls}/privkey.pem")
+    served = served_fingerprint(acme)
+    # Worker processes change at a reload: the same ones after means no reload
+    # (-x: not those of an earlier reload still "shutting down").
+    workers = lb.check_output("pgrep -d, -xf 'nginx: worker process'")
+    _ca, _cert, other_key = make_certificate(LB)
+    lb.run_expect([0], f"cp -a {live} {saved}")
+    try:
+        lb.run_expect([0], f"rm {live}/privkey.pem && cat > {live}/privkey.pem <<'EOF'\n{other_key}EOF")
+        hook = lb.run(f"RENEWED_LINEAGE={live} /usr/local/sbin/nginx-lb-deploy-{SITE}")
+    finally:
+        lb.run(f"rm -rf {live} && mv {saved} {live}")
+    assert hook.rc == 1, hook
+    assert f"nginx refused the new certificate of {live}; kept the previous one" in hook.stderr, hook
+    assert lb.check_output(f"sha256sum {tls}/fullchain.pem {tls}/privkey.pem") == before
+    assert not lb.file(f"{tls}/fullchain.pem.previous").exists
+    assert lb.run("nginx -t").rc == 0
+    assert lb.check_output("pgrep -d, -xf 'nginx: worker process'") == workers
+    assert served_fingerprint(acme) == served
+
+
 def test_provided_mode_serves_the_given_certificate_and_refuses_a_wrong_key(lb, acme):
+    """From acme (the inventory's mode): leaving it removes what it installed."""
+    in_acme_mode(lb)
     ca, cert, key = make_certificate(LB)
     _ca, _cert, other_key = make_certificate(LB)
     before = lb.file(f"/etc/nginx/tls/{SITE}/fullchain.pem").content_string
@@ -191,6 +249,13 @@ def test_provided_mode_serves_the_given_certificate_and_refuses_a_wrong_key(lb, 
     )
     assert run.returncode == 0, tail(run)
     assert not key_leaked(key, run.stdout + run.stderr)
+    # Nothing of acme mode is left: no lineage, hook or drop-in, and with no
+    # other lineage on the host no certbot and no timer, so no renewal can
+    # replace the operator's certificate.
+    assert [path for path in ACME_RESIDUE if lb.file(path).exists] == []
+    assert not lb.package("certbot").is_installed
+    assert lb.run("systemctl cat certbot.timer").rc != 0
+    assert not lb.file("/etc/letsencrypt").exists
     company_ca = f"/tmp/lbtest-company-ca-{uuid.uuid4().hex[:8]}.pem"
     acme.run_expect([0], f"cat > {company_ca} <<'EOF'\n{ca}EOF")
     assert acme.run(f"curl -sf --cacert {company_ca} https://{LB}/health").rc == 0
@@ -221,34 +286,6 @@ def test_an_expired_provided_certificate_is_refused_before_any_change(lb, acme):
     assert served_fingerprint(acme) == served
 
 
-def test_the_acme_deploy_hook_keeps_the_previous_certificate_when_nginx_refuses_the_new_one(lb, acme):
-    """certbot runs the hook after a renewal: here the renewed lineage holds a
-    key that does not match its certificate. nginx -t refuses it; the hook
-    puts the previous files back, exits 1, and nginx keeps serving."""
-    live = f"/etc/letsencrypt/live/{SITE}"
-    tls = f"/etc/nginx/tls/{SITE}"
-    saved = f"/root/lbtest-live-{uuid.uuid4().hex[:8]}"
-    before = lb.check_output(f"sha256sum {tls}/fullchain.pem {tls}/privkey.pem")
-    served = served_fingerprint(acme)
-    # Worker processes change at a reload: the same ones after means no reload
-    # (-x: not those of an earlier reload still "shutting down").
-    workers = lb.check_output("pgrep -d, -xf 'nginx: worker process'")
-    _ca, _cert, other_key = make_certificate(LB)
-    lb.run_expect([0], f"cp -a {live} {saved}")
-    try:
-        lb.run_expect([0], f"rm {live}/privkey.pem && cat > {live}/privkey.pem <<'EOF'\n{other_key}EOF")
-        hook = lb.run(f"RENEWED_LINEAGE={live} /usr/local/sbin/nginx-lb-deploy-{SITE}")
-    finally:
-        lb.run(f"rm -rf {live} && mv {saved} {live}")
-    assert hook.rc == 1, hook
-    assert f"nginx refused the new certificate of {live}; kept the previous one" in hook.stderr, hook
-    assert lb.check_output(f"sha256sum {tls}/fullchain.pem {tls}/privkey.pem") == before
-    assert not lb.file(f"{tls}/fullchain.pem.previous").exists
-    assert lb.run("nginx -t").rc == 0
-    assert lb.check_output("pgrep -d, -xf 'nginx: worker process'") == workers
-    assert served_fingerprint(acme) == served
-
-
 def test_switching_off_selfsigned_acme_converges_then_changes_nothing(lb, acme):
     run = playbook(extra_vars={"nginx_lb_tls_mode": "off"})
     assert run.returncode == 0, tail(run)
@@ -256,13 +293,31 @@ def test_switching_off_selfsigned_acme_converges_then_changes_nothing(lb, acme):
     assert lb.check_output("ss -Htln 'sport = :443'") == ""
     assert acme.run(f"curl -sk -m 5 https://{LB}/").rc == 7
     assert json.loads(acme.check_output(f"curl -s http://{LB}/health"))["status"] == "ok"
+    assert [path for path in ACME_RESIDUE if lb.file(path).exists] == []
 
     run = playbook(extra_vars={"nginx_lb_tls_mode": "selfsigned"})
     assert run.returncode == 0, tail(run)
-    lb_cert = lb.file(f"/etc/nginx/tls/{SITE}/fullchain.pem").content_string
+    tls = f"/etc/nginx/tls/{SITE}"
+    lb_cert = lb.file(f"{tls}/fullchain.pem").content_string
     selfsigned = f"/tmp/lbtest-selfsigned-{uuid.uuid4().hex[:8]}.pem"
     acme.run_expect([0], f"cat > {selfsigned} <<'EOF'\n{lb_cert}EOF")
     assert acme.run(f"curl -sf --cacert {selfsigned} https://{LB}/health").rc == 0
+
+    # The same certificate signed again for 30 days: less than a third of its
+    # 365 days left. The next run signs it again for its whole life, and
+    # nginx serves the new one.
+    lb.run_expect(
+        [0],
+        f"openssl x509 -req -in {tls}/selfsigned.csr -key {tls}/privkey.pem -days 30"
+        f" -copy_extensions copyall -out {tls}/fullchain.pem && systemctl reload nginx",
+    )
+    now = datetime.datetime.now(datetime.UTC)
+    assert not_after(lb, f"{tls}/fullchain.pem") < now + datetime.timedelta(days=31)
+    short = served_fingerprint(acme)
+    run = playbook(extra_vars={"nginx_lb_tls_mode": "selfsigned"})
+    assert run.returncode == 0, tail(run)
+    assert not_after(lb, f"{tls}/fullchain.pem") > now + datetime.timedelta(days=364)
+    assert served_fingerprint(acme) != short
 
     # Back to the inventory's mode, acme: a fresh certificate from pebble.
     run = playbook()
