@@ -425,6 +425,48 @@ def test_a_keepalived_config_change_reloads_and_the_holder_keeps_the_address(hos
     assert load.result["failed"] == 0, load.result
 
 
+# What the lb_ha role installs on a host of the pair, besides keepalived.
+PAIR_FILES = (
+    "/etc/keepalived/keepalived.conf",
+    "/usr/local/sbin/lb-ha-check",
+    "/usr/local/sbin/lb-ha-notify",
+    "/usr/local/sbin/lb-ha-release",
+    "/usr/local/sbin/lb-ha-handover",
+    "/etc/systemd/system/keepalived.service.d/lb-ha.conf",
+    "/etc/systemd/system/lb-ha-nginx-handover.service",
+    "/etc/tmpfiles.d/lb-ha.conf",
+    "/run/lb-ha",
+    "/etc/ansible/facts.d/lb_ha.fact",
+)
+
+
+def test_a_host_taken_out_of_the_pair_keeps_nothing_of_it_and_the_holder_keeps_the_address(host, cacert, settled):
+    """lb_ha_vip unset for the host that does not hold the address (site.yml
+    limited to it): keepalived is purged there with everything the role
+    installed, and the firewall no longer accepts VRRP; the holder keeps the
+    address, 0 failed under kept-alive load. The next run with the
+    inventory's address puts the host back in the pair, as backup."""
+    other = next(name for name in LBS if name != settled)
+    lb = get_host(other)
+    assert [path for path in PAIR_FILES if not lb.file(path).exists] == []
+    with Holders(max_seconds=400) as sampled, Load(host, URL, concurrency=5, keepalive=True, cacert=cacert) as load:
+        out = playbook("--limit", other, extra_vars={"lb_ha_vip": ""})
+        assert out.returncode == 0, tail(out)
+        left = [path for path in PAIR_FILES if lb.file(path).exists]
+        keepalived = lb.package("keepalived").is_installed
+        vrrp = "vrrp" in lb.check_output("nft list table inet firewall")
+        back = playbook("--limit", other)
+        assert back.returncode == 0, tail(back)
+    assert left == []
+    assert not keepalived
+    assert not vrrp
+    assert sampled.samples, "no sample"
+    assert {held for _t, held in sampled.samples} == {(settled,)}, sampled.samples
+    assert load.result["failed"] == 0, load.result
+    assert wait_for(lambda: vrrp_state(other) == "BACKUP", 10)
+    assert "vrrp" in lb.check_output("nft list table inet firewall")
+
+
 def test_a_config_keepalived_rejects_never_goes_live(host, cacert, settled):
     """With the preflight skipped (--skip-tags always,preflight), a value the
     preflight refuses reaches the role: lb_ha_check_fall 0, which only
