@@ -8,7 +8,7 @@ import uuid
 from collections import Counter
 
 import pytest
-from lbtest import CERT, PORTS, SITE, headers, http, tls11_client_works, tls11_handshake
+from lbtest import CERT, PORTS, SITE, headers, http, playbook, tail, tls11_client_works, tls11_handshake
 
 
 def curl(host, path: str, scheme: str = "https") -> tuple[int, str]:
@@ -163,6 +163,28 @@ def test_exporter_reports_nginx_down_then_up_across_an_nginx_restart(host):
         time.sleep(0.5)
     assert nginx_up() == "1"
     assert host.check_output("systemctl show -p MainPID --value prometheus-nginx-exporter") == exporter
+
+
+def test_exporter_switched_off_is_removed_and_switched_on_comes_back(host):
+    """nginx_exporter_enabled: false purges the exporter (its /etc/default
+    file goes with the package) and removes the role's drop-in: nothing
+    answers on its port. The next run installs it again, nginx_up 1."""
+    dropin = "/etc/systemd/system/prometheus-nginx-exporter.service.d"
+    try:
+        off = playbook("--tags", "nginx_exporter", extra_vars={"nginx_exporter_enabled": False})
+        assert off.returncode == 0, tail(off)
+        assert not host.package("prometheus-nginx-exporter").is_installed
+        assert not host.file("/etc/default/prometheus-nginx-exporter").exists
+        assert not host.file(dropin).exists
+        # curl: 7, connection refused.
+        assert host.run("curl -s -m 5 http://127.0.0.1:9113/metrics").rc == 7
+    finally:
+        on = playbook("--tags", "nginx_exporter")
+    assert on.returncode == 0, tail(on)
+    assert host.service("prometheus-nginx-exporter").is_running
+    assert host.file(f"{dropin}/lbapi.conf").exists
+    metrics = host.check_output("curl -sf http://127.0.0.1:9113/metrics")
+    assert "nginx_up 1" in metrics.splitlines()
 
 
 def test_api_metrics_count_its_own_requests(host):
