@@ -9,8 +9,8 @@ LB_RULE = {"name": "nginx site", "proto": "tcp", "ports": [80, 443], "sources": 
 
 def ruleset(**variables) -> str:
     variables.setdefault("ansible_facts", {"env": {}})
-    # The default collects the host's *_firewall_export facts, a lookup that
-    # needs a play; the cluster scenario checks it on real hosts.
+    # The default collects what the exporting roles published
+    # (test_only_the_exporting_roles_published_rules_are_opened).
     variables.setdefault("firewall_dependent_rules", [])
     return render("firewall", "nftables.conf.j2", variables)
 
@@ -133,3 +133,23 @@ def test_vrrp_rule_accepts_the_protocol_from_the_peer_only():
     assert 'ip saddr { 192.0.2.12 } ip protocol 112 accept comment "vrrp peer"' in lines
     assert 'ip6 saddr { 2001:db8::12 } ip6 nexthdr 112 accept comment "vrrp peer"' in lines
     assert not any("vrrp" in line and "dport" in line for line in lines)
+
+
+def test_only_the_exporting_roles_published_rules_are_opened():
+    """The firewall reads `<role>_firewall_export` of the roles it names, in
+    their order; a variable that only looks like one opens nothing."""
+    vrrp = {"name": "vrrp from lb2", "proto": "vrrp", "ports": [], "sources": ["192.0.2.12"]}
+    stray = {"name": "left in group_vars", "ports": [8080], "sources": ["0.0.0.0/0"]}
+    published = {
+        "lb_ha_firewall_export": [vrrp],
+        "nginx_lb_firewall_export": [LB_RULE],
+        "foo_firewall_export": [stray],
+        "legacy_firewall_export": [stray],
+    }
+    # As in a play: the host's variables, also under hostvars.
+    host = {"inventory_hostname": "lb1", "hostvars": {"lb1": published}, **published}
+    rules = evaluate("firewall", "{{ firewall_dependent_rules }}", host)
+    assert rules == [LB_RULE, vrrp]
+    assert evaluate("firewall", "{{ firewall_dependent_rules }}", {"inventory_hostname": "lb1", "hostvars": {}}) == []
+    config = ruleset(**published, firewall_dependent_rules=rules)
+    assert "8080" not in config
