@@ -244,3 +244,16 @@ def test_connection_limit_answers_429(host):
     finally:
         host.run(f"rm -f {marker}")
     assert host.check_output(f"{CURL} -s -o /dev/null -w '%{{http_code}}' {URL}") == "200"
+
+
+def test_limits_switched_off_leave_no_zone_and_answer_a_burst(host):
+    """The inventory's limits (none) after the limits applied: the site has
+    no limit zone or directive left, and a burst that the rate limit would
+    cut (40 requests on one kept-alive connection within 1 s) is answered
+    200 throughout. The module's final apply then finds it in place."""
+    apply(host)
+    site = host.file(SITE_FILE).content_string
+    assert "limit_req" not in site, site
+    assert "limit_conn" not in site, site
+    result = requests_from(host, URL, 40, keepalive=True, cacert=CERT)
+    assert result["statuses"] == {"200": 40}, result
